@@ -1,0 +1,12 @@
+/* weft — asyncio's programming model for C, on a multi-threaded
+ * work-stealing scheduler.  The one header users include. */
+#ifndef WEFT_H
+#define WEFT_H
+
+#include "weft/types.h"
+#include "weft/error.h"
+#include "weft/debug.h"
+#include "weft/loop.h"
+#include "weft/future.h"
+
+#endif /* WEFT_H */

@@ -1,0 +1,82 @@
+/* weft — internal helpers every source file uses: invariant tiers,
+ * allocation through one seam, thread identity, the clock, logging.
+ *
+ * Invariant tiers (STYLE.md):
+ *   WEFT_ASSERT(c)  debug builds only (WEFT_ENABLE_ASSERTS); no side effects
+ *                   in c — it is compiled but never evaluated otherwise.
+ *   WEFT_CHECK(c)   always on, for corruption: prints and aborts.
+ *   argument checks return -EINVAL; context checks return -EPERM.
+ */
+#ifndef WEFT_SCHED_COMMON_H
+#define WEFT_SCHED_COMMON_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <time.h>
+
+#include "weft/debug.h"
+#include "weft/error.h"
+
+#ifdef WEFT_ENABLE_ASSERTS
+#define WEFT__ASSERTS_ON 1
+#else
+#define WEFT__ASSERTS_ON 0
+#endif
+
+#define weft__likely(x)   __builtin_expect(!!(x), 1)
+#define weft__unlikely(x) __builtin_expect(!!(x), 0)
+
+/* Cache line used to keep hot per-thread state apart (x86-64 and most
+ * aarch64 parts; 128 would also cover Apple's, at twice the padding). */
+#define WEFT_CACHELINE 64
+
+#define weft__container_of(ptr, type, member) ((type *)((char *)(ptr)-offsetof(type, member)))
+
+void weft__check_failed(const char *file, int line, const char *expr) __attribute__((noreturn));
+
+#define WEFT_CHECK(c)                                                                              \
+    do {                                                                                           \
+        if (weft__unlikely(!(c)))                                                                  \
+            weft__check_failed(__FILE__, __LINE__, #c);                                            \
+    } while (0)
+
+/* The condition stays compiled (so it cannot rot) but is dead code when
+ * asserts are off. */
+#define WEFT_ASSERT(c)                                                                             \
+    do {                                                                                           \
+        if (WEFT__ASSERTS_ON && weft__unlikely(!(c)))                                              \
+            weft__check_failed(__FILE__, __LINE__, #c);                                            \
+    } while (0)
+
+/* ---- allocation (sched/alloc.c) ------------------------------------------
+ * Every weft allocation goes through these, so one seam can fail the Nth
+ * allocation in tests and one switch selects jemalloc or libc. */
+void *weft__alloc(size_t size);
+void *weft__calloc(size_t n, size_t size);
+void *weft__realloc(void *p, size_t size);
+void weft__free(void *p);
+char *weft__strdup(const char *s);
+
+/* Test seam: make the nth allocation from now fail (1 = the next one);
+ * 0 disables.  Process-wide; meant for single-threaded tests. */
+void weft__alloc_fail_nth(long n);
+
+/* ---- logging (sched/log.c) ---------------------------------------------- */
+void weft__log(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* ---- thread identity ----------------------------------------------------
+ * An address unique to the calling thread, for "am I the loop thread?"
+ * checks.  Not inlined, so that a coroutine that migrates between threads
+ * never reuses a TLS address computed on another thread (DESIGN.md). */
+const void *weft__thread_id(void);
+
+/* ---- clock ---------------------------------------------------------------- */
+static inline int64_t weft__now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+#endif /* WEFT_SCHED_COMMON_H */

@@ -1,0 +1,67 @@
+/* weft — futures (private layout).
+ *
+ * Theory of operation.  `state` moves PENDING -> COMPLETING -> one of
+ * RESULT / ERROR / CANCELLED.  The single CAS out of PENDING picks the one
+ * completer; it alone writes result/code/msg, then publishes them with a
+ * seq_cst store of the final state.  Readers that see a final state with an
+ * acquire (or stronger) load may read the fields without a lock.
+ *
+ * Done callbacks live in a list under `lock`.  Completion closes the list
+ * (cbs_closed) and posts it to the loop as one batch while still holding
+ * the lock; a callback added afterwards is posted alone, also under the
+ * lock, so it lands after the batch: registration order is kept even when
+ * completion and add race on two threads.  The lock is never held across a
+ * suspension.
+ *
+ * Plain-thread waiters (weft_future_wait) sleep on a futex on `state`.
+ * Store-buffer pairing: the waiter increments `waiters` then loads
+ * `state`; the completer stores `state` then loads `waiters`; all four are
+ * seq_cst, so at least one side sees the other and no wake is lost.
+ *
+ * Invariants:
+ *   1. result/code/msg are written once, before the final state is stored.
+ *   2. Every registered callback runs exactly once, or is removed by
+ *      weft_future_remove_done_callback, or is reported dropped because the
+ *      loop closed.
+ *   3. A future holds a reference on its loop; every posted batch holds a
+ *      reference on the future.
+ */
+#ifndef WEFT_SCHED_FUTURE_H
+#define WEFT_SCHED_FUTURE_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+
+#include "weft/future.h"
+#include "weft/loop.h"
+
+enum {
+    WEFT__F_PENDING = 0,
+    WEFT__F_COMPLETING = 1,
+    WEFT__F_RESULT = 2,
+    WEFT__F_ERROR = 3,
+    WEFT__F_CANCELLED = 4,
+};
+
+typedef struct weft_done_node {
+    struct weft_done_node *next;
+    weft_done_fn fn;
+    void *arg;
+    weft_future_t *f;
+} weft_done_node_t;
+
+struct weft_future {
+    atomic_uint refs;
+    atomic_int state;
+    atomic_int waiters;
+    atomic_bool retrieved;
+    weft_loop_t *loop;
+    void *result;
+    int code;
+    char *msg;
+    pthread_mutex_t lock;
+    weft_done_node_t *cb_head, *cb_tail;
+    bool cbs_closed;
+};
+
+#endif /* WEFT_SCHED_FUTURE_H */

@@ -1,0 +1,111 @@
+/* weft — the loop's private layout and internal entry points.
+ *
+ * Concurrency of struct weft_loop:
+ *   | field(s)                 | written by          | read by              |
+ *   |--------------------------|---------------------|----------------------|
+ *   | ready, timers, fds,      | loop thread (or the | loop thread          |
+ *   |   poller calls, seq      | setup thread while  |                      |
+ *   |                          | not running)        |                      |
+ *   | inbox                    | any (push), loop    | loop thread          |
+ *   |                          | thread (take/close) |                      |
+ *   | park                     | any (exchange), loop| any                  |
+ *   |                          | thread (CAS/xchg)   |                      |
+ *   | running, stopping,closed,| atomics             | any                  |
+ *   |   owner, debug, slow_ns  |                     |                      |
+ *   | refs                     | any (atomic)        | any                  |
+ *   | stats                    | relaxed atomics     | any                  |
+ *
+ * Park protocol (DESIGN.md "Parking"): `park` is RUNNING, PARKED or
+ * NOTIFIED and changes only by exchange/CAS.
+ *   waker:  push work; if exchange(park, NOTIFIED) returned PARKED, write
+ *           the eventfd (so: no write while the loop is awake, at most one
+ *           per sleep).
+ *   loop:   CAS RUNNING -> PARKED; if that fails (NOTIFIED) exchange back
+ *           to RUNNING and poll without sleeping; else sleep in epoll, then
+ *           exchange RUNNING and drain the inbox.
+ * A waker's exchange and the loop's CAS/exchange are RMWs on one word, so
+ * they are totally ordered; acq_rel makes the pushed work visible to the
+ * drain that follows the loop's RMW (release sequences chain RMWs).
+ */
+#ifndef WEFT_SCHED_LOOP_H
+#define WEFT_SCHED_LOOP_H
+
+#include <stdalign.h>
+#include <stdatomic.h>
+
+#include "io/fdwatch.h"
+#include "io/poller.h"
+#include "sched/common.h"
+#include "sched/handle.h"
+#include "sched/inbox.h"
+#include "sched/timer.h"
+#include "weft/future.h"
+#include "weft/loop.h"
+
+enum { WEFT__PARK_RUNNING = 0, WEFT__PARK_PARKED = 1, WEFT__PARK_NOTIFIED = 2 };
+
+#define WEFT__SLOW_CALLBACK_DEFAULT_NS (100 * 1000000LL) /* asyncio's 0.1 s */
+
+typedef struct weft_loop_counters {
+    atomic_uint_fast64_t iterations, callbacks_run, threadsafe_calls, eventfd_writes, wakeups,
+        sleeps, timers_fired, timers_cancelled;
+} weft_loop_counters_t;
+
+struct weft_loop {
+    /* ---- loop-thread state ---- */
+    weft_poller_t poller;
+    weft_handle_t *ready_head, *ready_tail;
+    size_t ready_n;
+    weft_timer_heap_t timers;
+    uint64_t timer_seq;
+    weft_fdtable_t fds;
+    weft_exception_handler_fn exc_fn;
+    void *exc_arg;
+    weft_handle_t *current; /* handle being run, for slow-callback logs */
+    int64_t wake_owed;      /* eventfd writes promised by wakers, not yet read */
+
+    /* ---- shared flags ---- */
+    atomic_bool running;
+    atomic_bool stopping;
+    atomic_bool closed;
+    atomic_bool debug;
+    _Atomic(int64_t) slow_ns;
+    _Atomic(const void *) owner; /* weft__thread_id() of the loop thread */
+    atomic_uint refs;
+    weft_loop_counters_t stats;
+
+    /* ---- cross-thread hot words, each on its own line ---- */
+    alignas(WEFT_CACHELINE) weft_inbox_t inbox;
+    alignas(WEFT_CACHELINE) atomic_int park;
+    char pad_[WEFT_CACHELINE - sizeof(atomic_int)];
+};
+
+/* Relaxed counter bump by the one thread that writes the counter. */
+#define WEFT__STAT_ADD(loop, field, n)                                                             \
+    atomic_store_explicit(&(loop)->stats.field,                                                    \
+                          atomic_load_explicit(&(loop)->stats.field, memory_order_relaxed) + (n),  \
+                          memory_order_relaxed)
+
+void weft__loop_retain(weft_loop_t *loop);
+void weft__loop_release(weft_loop_t *loop);
+
+/* true on the thread that may use loop-thread functions right now: the
+ * running loop's thread, or while it is not running, any thread. */
+bool weft__loop_on_thread(const weft_loop_t *loop);
+
+/* Context check for loop-thread functions: 0, or -EPERM (logged in debug
+ * mode, naming fn). */
+int weft__loop_check_thread(weft_loop_t *loop, const char *fn);
+
+/* Append a handle to the ready FIFO (loop thread; takes the reference). */
+void weft__loop_ready_push(weft_loop_t *loop, weft_handle_t *h);
+
+/* Schedule fn(arg) on loop from any thread: the ready FIFO directly on the
+ * loop thread, the inbox otherwise.  0, -ENOMEM, WEFT_ECLOSED. */
+int weft__loop_post(weft_loop_t *loop, weft_callback_fn fn, void *arg);
+
+/* Report through the loop's exception handler (loop thread or any thread
+ * while the loop does not run; the default handler is thread-safe). */
+void weft__loop_report(weft_loop_t *loop, int code, const char *message, weft_future_t *f);
+
+#endif /* WEFT_SCHED_LOOP_H */
