@@ -31,10 +31,10 @@ typedef struct weft_fdreg {
     uint32_t gen;
     weft_callback_fn fn[2]; /* NULL: no callback for that direction */
     void *arg[2];
-    weft_handle_t h[2];     /* embedded, queued in the ready FIFO when due */
+    weft_handle_t h[2]; /* embedded, queued in the ready FIFO when due */
     bool queued[2];
-    bool dispatching;       /* a callback of this registration is running */
-    bool zombie;            /* removed from the table; free when idle */
+    bool dispatching; /* a callback of this registration is running */
+    bool zombie;      /* removed from the table; free when idle */
 } weft_fdreg_t;
 
 typedef struct weft_fdtable {

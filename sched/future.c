@@ -110,8 +110,7 @@ void weft_future_release(weft_future_t *f)
     if (atomic_fetch_sub_explicit(&f->refs, 1, memory_order_acq_rel) != 1)
         return;
     if (load_state(f) == WEFT__F_ERROR &&
-        !atomic_load_explicit(&f->retrieved, memory_order_relaxed) &&
-        weft_loop_get_debug(f->loop))
+        !atomic_load_explicit(&f->retrieved, memory_order_relaxed) && weft_loop_get_debug(f->loop))
         report_unretrieved(f);
     /* Callbacks still registered on a pending future die with it. */
     weft_done_node_t *n = f->cb_head;

@@ -648,8 +648,7 @@ int weft_loop_get_stats(const weft_loop_t *loop, weft_loop_stats_t *out)
 
 /* ---- exception handler --------------------------------------------------- */
 
-static void default_exception_handler(weft_loop_t *loop, const weft_error_context_t *ctx,
-                                      void *arg)
+static void default_exception_handler(weft_loop_t *loop, const weft_error_context_t *ctx, void *arg)
 {
     (void)arg;
     if (ctx->code != 0)

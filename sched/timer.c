@@ -94,9 +94,8 @@ static void dead_dec(weft_timer_heap_t *th)
     /* Relaxed: `dead` only steers when to rebuild; no data hangs off it.
      * Saturate at zero (see timer.h on why it is approximate). */
     size_t d = atomic_load_explicit(&th->dead, memory_order_relaxed);
-    while (d > 0 && !atomic_compare_exchange_weak_explicit(&th->dead, &d, d - 1,
-                                                           memory_order_relaxed,
-                                                           memory_order_relaxed))
+    while (d > 0 && !atomic_compare_exchange_weak_explicit(
+                        &th->dead, &d, d - 1, memory_order_relaxed, memory_order_relaxed))
         ;
 }
 

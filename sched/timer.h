@@ -49,7 +49,6 @@ weft_handle_t *weft__timers_pop(weft_timer_heap_t *th);
 size_t weft__timers_maybe_rebuild(weft_timer_heap_t *th);
 
 /* Remove every entry, calling fn on each (fn takes over the reference). */
-void weft__timers_drain(weft_timer_heap_t *th, void (*fn)(weft_handle_t *h, void *arg),
-                        void *arg);
+void weft__timers_drain(weft_timer_heap_t *th, void (*fn)(weft_handle_t *h, void *arg), void *arg);
 
 #endif /* WEFT_SCHED_TIMER_H */

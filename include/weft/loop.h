@@ -179,14 +179,14 @@ WEFT_API int weft_loop_call_exception_handler(weft_loop_t *loop, const weft_erro
 /* Counters for tests and benchmarks.  Each is monotonic since
  * weft_loop_new; reading them from another thread gives a recent value. */
 typedef struct weft_loop_stats {
-    uint64_t iterations;        /* loop iterations run */
-    uint64_t callbacks_run;     /* callbacks (ready + timers + fd) run */
-    uint64_t threadsafe_calls;  /* call_soon_threadsafe calls accepted */
-    uint64_t eventfd_writes;    /* wakeups written to the eventfd */
-    uint64_t wakeups;           /* sleeps ended by the eventfd */
-    uint64_t sleeps;            /* times the loop blocked in epoll */
-    uint64_t timers_fired;      /* timer callbacks run */
-    uint64_t timers_cancelled;  /* cancelled timers removed from the heap */
+    uint64_t iterations;       /* loop iterations run */
+    uint64_t callbacks_run;    /* callbacks (ready + timers + fd) run */
+    uint64_t threadsafe_calls; /* call_soon_threadsafe calls accepted */
+    uint64_t eventfd_writes;   /* wakeups written to the eventfd */
+    uint64_t wakeups;          /* sleeps ended by the eventfd */
+    uint64_t sleeps;           /* times the loop blocked in epoll */
+    uint64_t timers_fired;     /* timer callbacks run */
+    uint64_t timers_cancelled; /* cancelled timers removed from the heap */
 } weft_loop_stats_t;
 
 /* Returns 0, -EINVAL.  Thread: any.  Suspends: no. */

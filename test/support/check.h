@@ -15,8 +15,8 @@
 #include <stdio.h>
 
 typedef struct check_rec {
-    atomic_int failures;  /* how many CHECKs failed */
-    atomic_int claimed;   /* 0 until the first failure claims the text slot */
+    atomic_int failures; /* how many CHECKs failed */
+    atomic_int claimed;  /* 0 until the first failure claims the text slot */
     const char *file;
     int line;
     const char *expr;
