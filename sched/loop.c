@@ -266,7 +266,7 @@ static int fd_remove(weft_loop_t *loop, int fd, int dir, const char *name)
     if (loop == NULL || fd < 0)
         return -EINVAL;
     if (is_closed(loop))
-        return 0;
+        return WEFT_ECLOSED; /* close already dropped every registration */
     int rc = weft__loop_check_thread(loop, name);
     if (rc != 0)
         return rc;

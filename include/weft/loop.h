@@ -135,7 +135,7 @@ WEFT_API void weft_handle_release(weft_handle_t *h);
  * Thread: loop thread.  Suspends: no. */
 WEFT_API int weft_loop_add_reader(weft_loop_t *loop, int fd, weft_callback_fn fn, void *arg);
 
-/* Returns 1 if a reader was removed, 0 if none, -EINVAL, -EPERM.
+/* Returns 1 if a reader was removed, 0 if none, -EINVAL, -EPERM, WEFT_ECLOSED.
  * Thread: loop thread.  Suspends: no. */
 WEFT_API int weft_loop_remove_reader(weft_loop_t *loop, int fd);
 
