@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include "sched/common.h"
+#include "sched/handle.h"
 #include "sched/loop.h"
 
 static inline int load_state(const weft_future_t *f)
@@ -46,6 +47,7 @@ int weft_future_new(weft_loop_t *loop, weft_future_t **out)
     f->msg = NULL;
     pthread_mutex_init(&f->lock, NULL);
     f->cb_head = f->cb_tail = NULL;
+    f->post_h = NULL;
     f->cbs_closed = false;
     weft__loop_retain(loop);
     *out = f;
@@ -56,6 +58,15 @@ void weft_future_retain(weft_future_t *f)
 {
     if (f != NULL)
         atomic_fetch_add_explicit(&f->refs, 1, memory_order_relaxed);
+}
+
+static void free_nodes(weft_done_node_t *n)
+{
+    while (n != NULL) {
+        weft_done_node_t *next = n->next;
+        weft__free(n);
+        n = next;
+    }
 }
 
 /* ---- unretrieved-error reports ------------------------------------------- */
@@ -113,12 +124,9 @@ void weft_future_release(weft_future_t *f)
         !atomic_load_explicit(&f->retrieved, memory_order_relaxed) && weft_loop_get_debug(f->loop))
         report_unretrieved(f);
     /* Callbacks still registered on a pending future die with it. */
-    weft_done_node_t *n = f->cb_head;
-    while (n != NULL) {
-        weft_done_node_t *next = n->next;
-        weft__free(n);
-        n = next;
-    }
+    free_nodes(f->cb_head);
+    if (f->post_h != NULL)
+        weft__handle_unref(f->post_h);
     pthread_mutex_destroy(&f->lock);
     weft__free(f->msg);
     weft_loop_t *loop = f->loop;
@@ -143,27 +151,44 @@ static void run_batch(void *arg)
     weft_future_release(f);
 }
 
-/* Post a batch; on failure (loop closed, no memory) it is reported and
- * freed.  Called with f->lock held. */
-static int post_batch(weft_future_t *f, weft_done_node_t *batch)
+/* on_drop of a batch's handle: the loop closed before it ran (close has
+ * already reported it). */
+static void drop_batch(void *arg)
 {
-    for (weft_done_node_t *n = batch; n != NULL; n = n->next)
-        n->f = f;
-    weft_future_retain(f);
-    int rc = weft__loop_post(f->loop, run_batch, batch);
-    if (rc == 0)
-        return 0;
+    weft_done_node_t *n = arg;
+    weft_future_t *f = n->f;
+    free_nodes(n);
+    weft_future_release(f);
+}
+
+static weft_handle_t *batch_handle_new(weft_future_t *f)
+{
+    weft_handle_t *h = weft__handle_new(f->loop, WEFT__HK_SOON, run_batch, NULL);
+    if (h != NULL)
+        h->on_drop = drop_batch;
+    return h;
+}
+
+/* Post a batch through h (which it consumes).  If the loop is closed the
+ * callbacks are reported and freed.  Called with f->lock held. */
+static int post_batch(weft_future_t *f, weft_done_node_t *batch, weft_handle_t *h)
+{
     size_t count = 0;
-    while (batch != NULL) {
-        weft_done_node_t *next = batch->next;
-        weft__free(batch);
-        batch = next;
+    for (weft_done_node_t *n = batch; n != NULL; n = n->next) {
+        n->f = f;
         count++;
     }
+    h->arg = batch;
+    weft_future_retain(f);
+    int rc = weft__loop_post_handle(f->loop, h);
+    if (rc == 0)
+        return 0;
+    weft__handle_unref(h);
+    free_nodes(batch);
     atomic_fetch_sub_explicit(&f->refs, 1, memory_order_relaxed); /* caller still holds one */
     char msg[160];
-    snprintf(msg, sizeof msg, "future %p: %zu done callback(s) could not be scheduled", (void *)f,
-             count);
+    snprintf(msg, sizeof msg, "future %p: %zu done callback(s) not run: the loop is closed",
+             (void *)f, count);
     if (weft_get_running_loop() == f->loop || !weft_loop_is_running(f->loop))
         weft__loop_report(f->loop, rc, msg, NULL);
     else
@@ -185,16 +210,27 @@ int weft_future_add_done_callback(weft_future_t *f, weft_done_fn fn, void *arg)
     int rc = 0;
     pthread_mutex_lock(&f->lock);
     if (!f->cbs_closed) {
-        if (f->cb_tail != NULL)
-            f->cb_tail->next = n;
-        else
-            f->cb_head = n;
-        f->cb_tail = n;
+        if (f->post_h == NULL && (f->post_h = batch_handle_new(f)) == NULL) {
+            rc = -ENOMEM;
+            weft__free(n);
+        } else {
+            if (f->cb_tail != NULL)
+                f->cb_tail->next = n;
+            else
+                f->cb_head = n;
+            f->cb_tail = n;
+        }
     } else if (weft_loop_is_closed(f->loop)) {
         weft__free(n);
         rc = WEFT_ECLOSED; /* refused: fn will never be called */
     } else {
-        rc = post_batch(f, n);
+        weft_handle_t *h = batch_handle_new(f);
+        if (h == NULL) {
+            weft__free(n);
+            rc = -ENOMEM;
+        } else {
+            rc = post_batch(f, n, h);
+        }
     }
     pthread_mutex_unlock(&f->lock);
     return rc;
@@ -257,9 +293,13 @@ static int complete(weft_future_t *f, int final, void *value, int code, char *ms
     pthread_mutex_lock(&f->lock);
     f->cbs_closed = true;
     weft_done_node_t *batch = f->cb_head;
+    weft_handle_t *h = f->post_h;
     f->cb_head = f->cb_tail = NULL;
+    f->post_h = NULL;
     if (batch != NULL)
-        post_batch(f, batch);
+        post_batch(f, batch, h);
+    else if (h != NULL)
+        weft__handle_unref(h); /* every callback was removed */
     pthread_mutex_unlock(&f->lock);
     return 0;
 }

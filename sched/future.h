@@ -7,8 +7,9 @@
  * acquire (or stronger) load may read the fields without a lock.
  *
  * Done callbacks live in a list under `lock`.  Completion closes the list
- * (cbs_closed) and posts it to the loop as one batch while still holding
- * the lock; a callback added afterwards is posted alone, also under the
+ * (cbs_closed) and posts it to the loop as one batch, through a handle
+ * allocated when the first callback was added, while still holding the
+ * lock; a callback added afterwards is posted alone, also under the
  * lock, so it lands after the batch: registration order is kept even when
  * completion and add race on two threads.  The lock is never held across a
  * suspension.
@@ -61,6 +62,9 @@ struct weft_future {
     char *msg;
     pthread_mutex_t lock;
     weft_done_node_t *cb_head, *cb_tail;
+    /* Allocated with the first callback, so completion never allocates and
+     * so can never lose a callback for lack of memory. */
+    struct weft_handle *post_h;
     bool cbs_closed;
 };
 

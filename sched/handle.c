@@ -19,6 +19,7 @@ weft_handle_t *weft__handle_new(weft_loop_t *loop, uint8_t kind, weft_callback_f
     atomic_init(&h->state, WEFT__H_PENDING);
     h->kind = kind;
     h->loop_ref = false;
+    h->on_drop = NULL;
     return h;
 }
 

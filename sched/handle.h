@@ -52,6 +52,9 @@ struct weft_handle {
     atomic_int state;
     uint8_t kind;
     bool loop_ref; /* handed to a user: holds a reference on loop */
+    /* Internal handles whose arg owns resources: called with arg when the
+     * handle is dropped without running (loop close), so nothing leaks. */
+    void (*on_drop)(void *arg);
 };
 
 /* Allocate a PENDING handle with refs = 1 (the queue's reference).

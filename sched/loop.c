@@ -193,18 +193,29 @@ int weft_loop_call_soon_threadsafe(weft_loop_t *loop, weft_callback_fn fn, void 
     return 0;
 }
 
-int weft__loop_post(weft_loop_t *loop, weft_callback_fn fn, void *arg)
+int weft__loop_post_handle(weft_loop_t *loop, weft_handle_t *h)
 {
     if (weft_get_running_loop() == loop) {
         if (is_closed(loop))
             return WEFT_ECLOSED;
-        weft_handle_t *h = weft__handle_new(loop, WEFT__HK_SOON, fn, arg);
-        if (h == NULL)
-            return -ENOMEM;
         weft__loop_ready_push(loop, h);
         return 0;
     }
-    return weft_loop_call_soon_threadsafe(loop, fn, arg, NULL);
+    if (weft__inbox_push(&loop->inbox, h) != 0)
+        return WEFT_ECLOSED;
+    notify(loop);
+    return 0;
+}
+
+int weft__loop_post(weft_loop_t *loop, weft_callback_fn fn, void *arg)
+{
+    weft_handle_t *h = weft__handle_new(loop, WEFT__HK_SOON, fn, arg);
+    if (h == NULL)
+        return -ENOMEM;
+    int rc = weft__loop_post_handle(loop, h);
+    if (rc != 0)
+        weft__handle_unref(h);
+    return rc;
 }
 
 int weft_loop_call_at(weft_loop_t *loop, int64_t when_ns, weft_callback_fn fn, void *arg,
@@ -309,19 +320,19 @@ static void take_inbox(weft_loop_t *loop)
         WEFT__STAT_ADD(loop, threadsafe_calls, n);
 }
 
-static void log_slow(weft_loop_t *loop, weft_handle_t *h, int64_t took)
+static void log_slow(weft_loop_t *loop, weft_callback_fn fn, void *arg, int64_t took)
 {
     Dl_info info;
     const char *name = NULL;
     void *fnp;
-    memcpy(&fnp, &h->fn, sizeof fnp);
-    if (dladdr(fnp, &info) != 0 && info.dli_sname != NULL)
+    memcpy(&fnp, &fn, sizeof fnp);
+    if (fnp != NULL && dladdr(fnp, &info) != 0 && info.dli_sname != NULL)
         name = info.dli_sname;
     char what[160];
     if (name != NULL)
-        snprintf(what, sizeof what, "%s(%p)", name, h->arg);
+        snprintf(what, sizeof what, "%s(%p)", name, arg);
     else
-        snprintf(what, sizeof what, "callback %p(%p)", fnp, h->arg);
+        snprintf(what, sizeof what, "callback %p(%p)", fnp, arg);
     weft__log(WEFT_LOG_WARN, "slow callback on loop %p: %s took %.3f ms", (void *)loop, what,
               (double)took / 1e6);
 }
@@ -330,30 +341,36 @@ static void run_handle(weft_loop_t *loop, weft_handle_t *h)
 {
     bool debug = atomic_load_explicit(&loop->debug, memory_order_relaxed);
     int64_t t0 = debug ? weft__now_ns() : 0;
-    if (h->kind == WEFT__HK_FD) {
-        if (!weft__fd_run(loop, h))
+    /* Read what the slow-callback log needs now: an fd callback may remove
+     * its own registration, which frees the embedded handle. */
+    uint8_t kind = h->kind;
+    weft_callback_fn fn = h->fn;
+    void *arg = h->arg;
+    if (kind == WEFT__HK_FD) {
+        weft_fdreg_t *reg = arg;
+        int dir = (int)h->seq;
+        fn = reg->fn[dir];
+        arg = reg->arg[dir];
+        if (!weft__fd_run(loop, h)) /* h may be freed from here on */
             return;
     } else {
         if (!weft__handle_claim(h)) {
-            if (h->kind == WEFT__HK_TIMER)
+            if (kind == WEFT__HK_TIMER)
                 WEFT__STAT_ADD(loop, timers_cancelled, 1);
             weft__handle_unref(h);
             return;
         }
-        loop->current = h;
-        h->fn(h->arg);
-        loop->current = NULL;
-        if (h->kind == WEFT__HK_TIMER)
+        fn(arg);
+        if (kind == WEFT__HK_TIMER)
             WEFT__STAT_ADD(loop, timers_fired, 1);
+        weft__handle_unref(h);
     }
     WEFT__STAT_ADD(loop, callbacks_run, 1);
     if (debug) {
         int64_t took = weft__now_ns() - t0;
         if (took > atomic_load_explicit(&loop->slow_ns, memory_order_relaxed))
-            log_slow(loop, h, took);
+            log_slow(loop, fn, arg, took);
     }
-    if (h->kind != WEFT__HK_FD)
-        weft__handle_unref(h);
 }
 
 static int run_once(weft_loop_t *loop)
@@ -522,6 +539,8 @@ static void drop_handle(weft_handle_t *h, void *arg)
         return;
     }
     if (weft__handle_try_cancel(h)) {
+        if (h->on_drop != NULL)
+            h->on_drop(h->arg); /* internal work: freed, counted as dropped */
         if (h->kind == WEFT__HK_TIMER)
             c->timers++;
         else

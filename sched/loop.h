@@ -61,8 +61,7 @@ struct weft_loop {
     weft_fdtable_t fds;
     weft_exception_handler_fn exc_fn;
     void *exc_arg;
-    weft_handle_t *current; /* handle being run, for slow-callback logs */
-    int64_t wake_owed;      /* eventfd writes promised by wakers, not yet read */
+    int64_t wake_owed; /* eventfd writes promised by wakers, not yet read */
 
     /* ---- shared flags ---- */
     atomic_bool running;
@@ -103,6 +102,11 @@ void weft__loop_ready_push(weft_loop_t *loop, weft_handle_t *h);
 /* Schedule fn(arg) on loop from any thread: the ready FIFO directly on the
  * loop thread, the inbox otherwise.  0, -ENOMEM, WEFT_ECLOSED. */
 int weft__loop_post(weft_loop_t *loop, weft_callback_fn fn, void *arg);
+
+/* As weft__loop_post with a handle allocated beforehand, so posting cannot
+ * fail for memory.  0 (the loop owns h's reference), or WEFT_ECLOSED (the
+ * caller still owns it). */
+int weft__loop_post_handle(weft_loop_t *loop, weft_handle_t *h);
 
 /* Report through the loop's exception handler (loop thread or any thread
  * while the loop does not run; the default handler is thread-safe). */

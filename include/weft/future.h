@@ -54,8 +54,10 @@ WEFT_API bool weft_future_cancelled(const weft_future_t *f);
  * Thread: any.  Suspends: no. */
 WEFT_API int weft_future_result(weft_future_t *f, void **value);
 
-/* The error code (0 if it has a result or is pending), without touching
- * the result.  Marks the error retrieved.  WEFT_ECANCELED if cancelled.
+/* The error code without touching the result (asyncio's exception()):
+ * 0 if it has a result, its error code, WEFT_ECANCELED if cancelled,
+ * WEFT_EINVALSTATE while pending, -EINVAL for NULL.  Marks the error
+ * retrieved.
  * Thread: any.  Suspends: no. */
 WEFT_API int weft_future_error(weft_future_t *f);
 
