@@ -14,9 +14,14 @@
 typedef struct log_sink {
     weft_log_fn fn;
     void *arg;
+    struct log_sink *older; /* every record ever installed, newest first */
 } log_sink_t;
 
 static _Atomic(log_sink_t *) current_sink;
+
+/* Every record stays on this list so that it remains reachable (and so is
+ * not reported as leaked) after it has been replaced. */
+static _Atomic(log_sink_t *) all_sinks;
 
 int weft_set_log_handler(weft_log_fn fn, void *arg)
 {
@@ -29,11 +34,16 @@ int weft_set_log_handler(weft_log_fn fn, void *arg)
             return -ENOMEM;
         sink->fn = fn;
         sink->arg = arg;
+        sink->older = atomic_load_explicit(&all_sinks, memory_order_relaxed);
+        /* Relaxed: the list is only kept for reachability, never walked. */
+        while (!atomic_compare_exchange_weak_explicit(&all_sinks, &sink->older, sink,
+                                                      memory_order_relaxed, memory_order_relaxed))
+            ;
     }
     /* release: publishes the record's fields; pairs with the acquire load
      * in weft__log(). */
     log_sink_t *old = atomic_exchange_explicit(&current_sink, sink, memory_order_acq_rel);
-    (void)old; /* leaked on purpose, see above */
+    (void)old; /* kept on all_sinks: a reader may still be using it */
     return 0;
 }
 

@@ -48,11 +48,17 @@ enum {
 #define WEFT__ERR_ENUM(name, off, msg) WEFT_##name = WEFT__ERR_BASE - (off),
     WEFT_OWN_ERRNO_MAP(WEFT__ERR_ENUM)
 #undef WEFT__ERR_ENUM
-        WEFT__ERR_END
 };
 
+/* How many own codes there are; the block is WEFT__ERR_BASE down to
+ * WEFT__ERR_LAST inclusive. */
+#define WEFT__ERR_COUNT_ONE(name, off, msg) +1
+enum { WEFT__ERR_COUNT = 0 WEFT_OWN_ERRNO_MAP(WEFT__ERR_COUNT_ONE) };
+#undef WEFT__ERR_COUNT_ONE
+#define WEFT__ERR_LAST (WEFT__ERR_BASE - WEFT__ERR_COUNT + 1)
+
 #if !defined(__cplusplus)
-_Static_assert(WEFT__ERR_BASE < -4096 && WEFT__ERR_END < WEFT__ERR_BASE,
+_Static_assert(WEFT__ERR_BASE < -4096 && WEFT__ERR_LAST <= WEFT__ERR_BASE,
                "weft's own error codes must stay outside errno's range");
 #endif
 

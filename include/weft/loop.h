@@ -184,7 +184,7 @@ typedef struct weft_loop_stats {
     uint64_t threadsafe_calls; /* call_soon_threadsafe calls accepted */
     uint64_t eventfd_writes;   /* wakeups written to the eventfd */
     uint64_t wakeups;          /* sleeps ended by the eventfd */
-    uint64_t sleeps;           /* times the loop blocked in epoll */
+    uint64_t sleeps;           /* sleeps in epoll, counted when each ends */
     uint64_t timers_fired;     /* timer callbacks run */
     uint64_t timers_cancelled; /* cancelled timers removed from the heap */
 } weft_loop_stats_t;
