@@ -5,13 +5,15 @@
 #   A        gcc, build/, RelWithDebInfo, -Werror, jemalloc   ctest
 #   B        clang, build-tsan/, ThreadSanitizer, -Werror     ctest + stress
 #   C        gcc, build-asan/, AddressSanitizer + UBSan       ctest
+#   U        gcc, build-ucontext/, WEFT_CORO=ucontext         ctest
+#   R        aarch64 cross build under qemu-user              one item
 #
 # Every ctest test, every stress run, the format check and every failed
 # configure or build counts as one item.  The last line printed is exactly
 # "N passed, N failed"; the exit status is non-zero if anything failed.
 #
 # Knobs (environment):
-#   WEFT_TEST_QUICK=1       skip builds B and C (local iteration)
+#   WEFT_TEST_QUICK=1       skip builds B, C, U and R (local iteration)
 #   WEFT_SEED=N             seed for the stress programs (default: date +%s;
 #                           printed, so a failing run can be repeated)
 #   WEFT_STRESS_ITERS=N     iterations per stress program (default 20000)
@@ -214,7 +216,7 @@ if configure_and_build build gcc \
 fi
 
 if [[ $QUICK == 1 ]]; then
-    weft_log "WEFT_TEST_QUICK=1: skipping builds B (TSan) and C (ASan+UBSan)"
+    weft_log "WEFT_TEST_QUICK=1: skipping builds B (TSan), C (ASan+UBSan), U (ucontext) and R (aarch64)"
 else
     phase B "B: clang, ThreadSanitizer (build-tsan/)"
     if configure_and_build build-tsan clang \
@@ -234,6 +236,23 @@ else
         -DWEFT_BUILD_TESTS=ON -DWEFT_BUILD_STRESS=OFF -DWEFT_BUILD_EXAMPLES=OFF \
         -DWEFT_BUILD_BENCH=OFF; then
         run_ctest build-asan
+    fi
+
+    # The portable coroutine fallback, forced, so it cannot rot on x86-64.
+    phase U "U: gcc, WEFT_CORO=ucontext fallback (build-ucontext/)"
+    if configure_and_build build-ucontext gcc \
+        -DCMAKE_BUILD_TYPE=RelWithDebInfo -DWEFT_WERROR=ON -DWEFT_CORO=ucontext \
+        -DWEFT_BUILD_TESTS=ON -DWEFT_BUILD_STRESS=OFF -DWEFT_BUILD_EXAMPLES=OFF \
+        -DWEFT_BUILD_BENCH=OFF; then
+        run_ctest build-ucontext
+    fi
+
+    # The aarch64 context switch, cross-compiled and run under qemu-user.
+    phase R "R: aarch64 coroutine switch under qemu (build-aarch64/)"
+    if scripts/test_aarch64.sh; then
+        pass
+    else
+        fail "aarch64 coroutine check (scripts/test_aarch64.sh)"
     fi
 fi
 
