@@ -8,5 +8,7 @@
 #include "weft/debug.h"
 #include "weft/loop.h"
 #include "weft/future.h"
+#include "weft/runtime.h"
+#include "weft/task.h"
 
 #endif /* WEFT_H */

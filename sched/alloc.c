@@ -77,6 +77,18 @@ void *weft__realloc(void *p, size_t size)
 #endif
 }
 
+void *weft__alloc_aligned(size_t align, size_t size)
+{
+    if (should_fail())
+        return NULL;
+    size = (size + align - 1) / align * align; /* aligned_alloc wants a multiple */
+#ifdef WEFT_USE_JEMALLOC
+    return mallocx(size, MALLOCX_ALIGN(align));
+#else
+    return aligned_alloc(align, size);
+#endif
+}
+
 void weft__free(void *p)
 {
     if (p == NULL)

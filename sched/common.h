@@ -56,6 +56,8 @@ void *weft__alloc(size_t size);
 void *weft__calloc(size_t n, size_t size);
 void *weft__realloc(void *p, size_t size);
 void weft__free(void *p);
+/* align: a power of two; freed with weft__free. */
+void *weft__alloc_aligned(size_t align, size_t size);
 char *weft__strdup(const char *s);
 
 /* Test seam: make the nth allocation from now fail (1 = the next one);

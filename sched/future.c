@@ -23,6 +23,25 @@ static inline bool is_final(int s)
     return s >= WEFT__F_RESULT;
 }
 
+void weft__future_init(weft_future_t *f, weft_loop_t *loop)
+{
+    atomic_init(&f->refs, 1);
+    atomic_init(&f->state, WEFT__F_PENDING);
+    atomic_init(&f->waiters, 0);
+    atomic_init(&f->retrieved, false);
+    f->loop = loop;
+    f->result = NULL;
+    f->code = 0;
+    f->msg = NULL;
+    pthread_mutex_init(&f->lock, NULL);
+    f->cb_head = f->cb_tail = NULL;
+    f->post_h = NULL;
+    f->waiters_list = NULL;
+    f->dtor = NULL;
+    f->cbs_closed = false;
+    weft__loop_retain(loop);
+}
+
 int weft_future_new(weft_loop_t *loop, weft_future_t **out)
 {
     if (out == NULL)
@@ -37,21 +56,41 @@ int weft_future_new(weft_loop_t *loop, weft_future_t **out)
     weft_future_t *f = weft__alloc(sizeof *f);
     if (f == NULL)
         return -ENOMEM;
-    atomic_init(&f->refs, 1);
-    atomic_init(&f->state, WEFT__F_PENDING);
-    atomic_init(&f->waiters, 0);
-    atomic_init(&f->retrieved, false);
-    f->loop = loop;
-    f->result = NULL;
-    f->code = 0;
-    f->msg = NULL;
-    pthread_mutex_init(&f->lock, NULL);
-    f->cb_head = f->cb_tail = NULL;
-    f->post_h = NULL;
-    f->cbs_closed = false;
-    weft__loop_retain(loop);
+    weft__future_init(f, loop);
     *out = f;
     return 0;
+}
+
+int weft__future_add_waiter(weft_future_t *f, weft_waiter_t *w)
+{
+    int linked = 0;
+    pthread_mutex_lock(&f->lock);
+    if (!f->cbs_closed) {
+        w->prev = NULL;
+        w->next = f->waiters_list;
+        if (w->next != NULL)
+            w->next->prev = w;
+        f->waiters_list = w;
+        w->linked = true;
+        linked = 1;
+    }
+    pthread_mutex_unlock(&f->lock);
+    return linked;
+}
+
+void weft__future_remove_waiter(weft_future_t *f, weft_waiter_t *w)
+{
+    pthread_mutex_lock(&f->lock);
+    if (w->linked) {
+        if (w->prev != NULL)
+            w->prev->next = w->next;
+        else
+            f->waiters_list = w->next;
+        if (w->next != NULL)
+            w->next->prev = w->prev;
+        w->linked = false;
+    }
+    pthread_mutex_unlock(&f->lock);
 }
 
 void weft_future_retain(weft_future_t *f)
@@ -130,7 +169,10 @@ void weft_future_release(weft_future_t *f)
     pthread_mutex_destroy(&f->lock);
     weft__free(f->msg);
     weft_loop_t *loop = f->loop;
-    weft__free(f);
+    if (f->dtor != NULL)
+        f->dtor(f);
+    else
+        weft__free(f);
     weft__loop_release(loop);
 }
 
@@ -292,6 +334,16 @@ static int complete(weft_future_t *f, int final, void *value, int code, char *ms
 
     pthread_mutex_lock(&f->lock);
     f->cbs_closed = true;
+    /* Wake awaiting tasks directly (no loop hop).  Under the lock, so a
+     * waiter's node stays valid until its wake returned (future.h). */
+    weft_waiter_t *w = f->waiters_list;
+    f->waiters_list = NULL;
+    while (w != NULL) {
+        weft_waiter_t *next = w->next;
+        w->linked = false;
+        w->wake(w);
+        w = next;
+    }
     weft_done_node_t *batch = f->cb_head;
     weft_handle_t *h = f->post_h;
     f->cb_head = f->cb_tail = NULL;

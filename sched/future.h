@@ -51,6 +51,17 @@ typedef struct weft_done_node {
     weft_future_t *f;
 } weft_done_node_t;
 
+/* A suspended task waiting for the future (weft_await).  Lives on the
+ * waiting task's stack; linked and unlinked under the future's lock, and
+ * `wake` is called under that lock, so the node stays valid while it is
+ * used. */
+typedef struct weft_waiter {
+    struct weft_waiter *next, *prev;
+    void (*wake)(struct weft_waiter *w);
+    void *ctx;
+    bool linked;
+} weft_waiter_t;
+
 struct weft_future {
     atomic_uint refs;
     atomic_int state;
@@ -65,7 +76,20 @@ struct weft_future {
     /* Allocated with the first callback, so completion never allocates and
      * so can never lose a callback for lack of memory. */
     struct weft_handle *post_h;
+    weft_waiter_t *waiters_list; /* awaiting tasks */
+    /* Non-NULL for futures embedded in a bigger object (a task): called
+     * instead of freeing f when the last reference goes. */
+    void (*dtor)(struct weft_future *f);
     bool cbs_closed;
 };
+
+/* Initialise an embedded future (refs = 1) on loop; takes a loop ref. */
+void weft__future_init(weft_future_t *f, weft_loop_t *loop);
+
+/* Link w unless f is done: 1 linked, 0 already done. */
+int weft__future_add_waiter(weft_future_t *f, weft_waiter_t *w);
+
+/* Unlink w if still linked (completion unlinks what it wakes). */
+void weft__future_remove_waiter(weft_future_t *f, weft_waiter_t *w);
 
 #endif /* WEFT_SCHED_FUTURE_H */

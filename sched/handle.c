@@ -46,14 +46,20 @@ void weft__handle_unref(weft_handle_t *h)
     weft__free(h);
 }
 
+bool weft__handle_cancel(weft_handle_t *h)
+{
+    if (!weft__handle_try_cancel(h))
+        return false;
+    if (h->kind == WEFT__HK_TIMER) /* relaxed: only a rebuild heuristic (timer.h) */
+        atomic_fetch_add_explicit(&h->loop->timers.dead, 1, memory_order_relaxed);
+    return true;
+}
+
 int weft_handle_cancel(weft_handle_t *h)
 {
     if (h == NULL)
         return -EINVAL;
-    if (weft__handle_try_cancel(h) && h->kind == WEFT__HK_TIMER) {
-        /* Relaxed: only a rebuild heuristic (timer.h). */
-        atomic_fetch_add_explicit(&h->loop->timers.dead, 1, memory_order_relaxed);
-    }
+    weft__handle_cancel(h);
     return 0;
 }
 

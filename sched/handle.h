@@ -39,6 +39,8 @@ enum {
     WEFT__HK_SOON = 0,  /* call_soon / call_soon_threadsafe */
     WEFT__HK_TIMER = 1, /* call_later / call_at */
     WEFT__HK_FD = 2,    /* embedded in an fd registration; never freed alone */
+    WEFT__HK_EMBED = 3, /* embedded in another object (a task): run as fn(arg), never
+                           claimed or freed by the loop; on_drop(arg) if dropped */
 };
 
 struct weft_handle {
@@ -64,6 +66,9 @@ weft_handle_t *weft__handle_new(weft_loop_t *loop, uint8_t kind, weft_callback_f
 /* Give the caller a reference too (refs += 1) and pin the loop, for the
  * `out` parameter of call_*. */
 void weft__handle_hand_out(weft_handle_t *h);
+
+/* Cancel: true if this call took h out of PENDING (it will never run). */
+bool weft__handle_cancel(weft_handle_t *h);
 
 /* Drop one reference; frees on the last. */
 void weft__handle_unref(weft_handle_t *h);

@@ -14,6 +14,8 @@
  */
 #include "sched/loop.h"
 
+#include "sched/task.h"
+
 #include <dlfcn.h>
 #include <poll.h>
 #include <stdio.h>
@@ -33,7 +35,7 @@ __attribute__((noinline)) weft_loop_t *weft_get_running_loop(void)
     return l;
 }
 
-__attribute__((noinline)) static void set_running_loop(weft_loop_t *loop)
+__attribute__((noinline)) void weft__loop_set_running(weft_loop_t *loop)
 {
     tls_running_loop = loop;
     __asm__ volatile("" ::: "memory");
@@ -44,6 +46,9 @@ __attribute__((noinline)) static void set_running_loop(weft_loop_t *loop)
 static void loop_destroy(weft_loop_t *loop)
 {
     weft__timers_destroy(&loop->timers);
+    weft__stack_cache_free(loop->stacks);
+    weft__task_set_destroy(loop->tasks);
+    weft__free(loop->tasks);
     weft__free(loop);
 }
 
@@ -67,11 +72,18 @@ int weft_loop_new(weft_loop_t **out)
     weft_loop_t *loop = weft__calloc(1, sizeof *loop);
     if (loop == NULL)
         return -ENOMEM;
+    loop->tasks = weft__alloc(sizeof *loop->tasks);
+    if (loop->tasks == NULL) {
+        weft__free(loop);
+        return -ENOMEM;
+    }
     int rc = weft__poller_init(&loop->poller);
     if (rc != 0) {
+        weft__free(loop->tasks);
         weft__free(loop);
         return rc;
     }
+    weft__task_set_init(loop->tasks);
     weft__timers_init(&loop->timers);
     weft__fdtable_init(&loop->fds);
     weft__inbox_init(&loop->inbox);
@@ -137,7 +149,7 @@ static inline bool is_closed(const weft_loop_t *loop)
 }
 
 /* Wake the loop if it sleeps (park protocol, loop.h). */
-static void notify(weft_loop_t *loop)
+void weft__loop_notify(weft_loop_t *loop)
 {
     /* acq_rel: release publishes the work pushed before this call to the
      * loop's RMW on `park`; see loop.h. */
@@ -189,7 +201,7 @@ int weft_loop_call_soon_threadsafe(weft_loop_t *loop, weft_callback_fn fn, void 
     }
     if (out != NULL)
         *out = h;
-    notify(loop);
+    weft__loop_notify(loop);
     return 0;
 }
 
@@ -203,7 +215,7 @@ int weft__loop_post_handle(weft_loop_t *loop, weft_handle_t *h)
     }
     if (weft__inbox_push(&loop->inbox, h) != 0)
         return WEFT_ECLOSED;
-    notify(loop);
+    weft__loop_notify(loop);
     return 0;
 }
 
@@ -346,7 +358,9 @@ static void run_handle(weft_loop_t *loop, weft_handle_t *h)
     uint8_t kind = h->kind;
     weft_callback_fn fn = h->fn;
     void *arg = h->arg;
-    if (kind == WEFT__HK_FD) {
+    if (kind == WEFT__HK_EMBED) {
+        fn(arg); /* the owner of h manages it; h may be reused from here on */
+    } else if (kind == WEFT__HK_FD) {
         weft_fdreg_t *reg = arg;
         int dir = (int)h->seq;
         fn = reg->fn[dir];
@@ -373,7 +387,7 @@ static void run_handle(weft_loop_t *loop, weft_handle_t *h)
     }
 }
 
-static int run_once(weft_loop_t *loop)
+int weft__loop_run_once(weft_loop_t *loop, bool may_block)
 {
     struct epoll_event evs[MAX_EVENTS];
     uint64_t dropped = 0;
@@ -381,7 +395,8 @@ static int run_once(weft_loop_t *loop)
     take_inbox(loop);
 
     int64_t timeout = -1;
-    if (loop->ready_n > 0 || atomic_load_explicit(&loop->stopping, memory_order_acquire)) {
+    if (!may_block || loop->ready_n > 0 ||
+        atomic_load_explicit(&loop->stopping, memory_order_acquire)) {
         timeout = 0;
     } else {
         weft_handle_t *top = weft__timers_peek(&loop->timers, &dropped);
@@ -465,11 +480,12 @@ int weft_loop_run_forever(weft_loop_t *loop)
                                                  memory_order_acq_rel, memory_order_acquire))
         return WEFT_EINVALSTATE;
     atomic_store_explicit(&loop->owner, weft__thread_id(), memory_order_release);
-    set_running_loop(loop);
+    weft__loop_set_running(loop);
+    weft__coro_thread_init(&loop->main_ctx); /* tasks resumed here switch back to it */
 
     int rc = 0;
     for (;;) {
-        rc = run_once(loop);
+        rc = weft__loop_run_once(loop, true);
         if (rc != 0)
             break;
         /* acquire: pairs with the release store in weft_loop_stop(). */
@@ -478,7 +494,8 @@ int weft_loop_run_forever(weft_loop_t *loop)
     }
 
     atomic_store_explicit(&loop->stopping, false, memory_order_relaxed);
-    set_running_loop(NULL);
+    weft__coro_thread_fini(&loop->main_ctx);
+    weft__loop_set_running(NULL);
     atomic_store_explicit(&loop->owner, NULL, memory_order_release);
     atomic_store_explicit(&loop->running, false, memory_order_release);
     return rc;
@@ -521,7 +538,7 @@ int weft_loop_stop(weft_loop_t *loop)
         return WEFT_ECLOSED;
     /* release: pairs with the acquire loads in run_forever()/run_once(). */
     atomic_store_explicit(&loop->stopping, true, memory_order_release);
-    notify(loop);
+    weft__loop_notify(loop);
     return 0;
 }
 
@@ -536,6 +553,12 @@ static void drop_handle(weft_handle_t *h, void *arg)
     drop_count_t *c = arg;
     if (h->kind == WEFT__HK_FD) {
         weft__fd_drop(h);
+        return;
+    }
+    if (h->kind == WEFT__HK_EMBED) {
+        c->soon++;
+        if (h->on_drop != NULL)
+            h->on_drop(h->arg);
         return;
     }
     if (weft__handle_try_cancel(h)) {
@@ -575,6 +598,10 @@ int weft_loop_close(weft_loop_t *loop)
     drop_list(ready, &c);
     weft__timers_drain(&loop->timers, drop_handle, &c);
     weft__fdtable_destroy(&loop->fds);
+    /* Tasks of a standalone loop that never finished: no queue refers to
+     * them any more, so they can be given up (their futures end cancelled;
+     * done callbacks that can no longer run are reported). */
+    size_t abandoned = weft__task_set_abandon(loop->tasks);
 
     /* A waker that saw PARKED may not have written yet: wait for its write
      * so the eventfd is not closed (and its number reused) under it. */
@@ -585,6 +612,12 @@ int weft_loop_close(weft_loop_t *loop)
     }
     weft__poller_close(&loop->poller);
 
+    if (abandoned != 0) {
+        char msg[128];
+        snprintf(msg, sizeof msg, "loop closed with %zu unfinished task(s); they were abandoned",
+                 abandoned);
+        weft__loop_report(loop, WEFT_ECLOSED, msg, NULL);
+    }
     if (c.soon + c.timers != 0) {
         char msg[160];
         snprintf(msg, sizeof msg,

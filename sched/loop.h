@@ -35,9 +35,11 @@
 
 #include "io/fdwatch.h"
 #include "io/poller.h"
+#include "sched/coro.h"
 #include "sched/common.h"
 #include "sched/handle.h"
 #include "sched/inbox.h"
+#include "sched/stack.h"
 #include "sched/timer.h"
 #include "weft/future.h"
 #include "weft/loop.h"
@@ -62,6 +64,13 @@ struct weft_loop {
     weft_exception_handler_fn exc_fn;
     void *exc_arg;
     int64_t wake_owed; /* eventfd writes promised by wakers, not yet read */
+    /* Tasks: the context of the thread running the loop (tasks resumed by
+     * the loop switch back to it), the stack cache of that thread, and the
+     * worker owning this loop (NULL for a standalone loop). */
+    weft_coro_t main_ctx;
+    weft_stack_cache_t *stacks;
+    struct weft_worker *worker;
+    struct weft_task_set *tasks; /* standalone loops: tasks homed here */
 
     /* ---- shared flags ---- */
     atomic_bool running;
@@ -107,6 +116,17 @@ int weft__loop_post(weft_loop_t *loop, weft_callback_fn fn, void *arg);
  * fail for memory.  0 (the loop owns h's reference), or WEFT_ECLOSED (the
  * caller still owns it). */
 int weft__loop_post_handle(weft_loop_t *loop, weft_handle_t *h);
+
+/* Wake the loop if it sleeps (the park protocol above).  Any thread. */
+void weft__loop_notify(weft_loop_t *loop);
+
+/* One iteration; with may_block false it never sleeps.  0 or -errno from
+ * epoll.  Loop thread, with the loop marked running. */
+int weft__loop_run_once(weft_loop_t *loop, bool may_block);
+
+/* Mark the calling thread as running loop (or none) for
+ * weft_get_running_loop(). */
+void weft__loop_set_running(weft_loop_t *loop);
 
 /* Report through the loop's exception handler (loop thread or any thread
  * while the loop does not run; the default handler is thread-safe). */

@@ -41,8 +41,10 @@ void weft__inject_push_batch(weft_inject_t *q, weft_runnable_t *first, weft_runn
     else
         q->head = first;
     q->tail = last;
+    /* seq_cst: pairs with weft__inject_empty_sc() of a parking worker
+     * (worker.h); the writer holds the lock, so load + store is exact. */
     atomic_store_explicit(&q->len, atomic_load_explicit(&q->len, memory_order_relaxed) + n,
-                          memory_order_relaxed);
+                          memory_order_seq_cst);
     pthread_mutex_unlock(&q->lock);
 }
 

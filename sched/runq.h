@@ -91,6 +91,13 @@ static inline bool weft__inject_empty(weft_inject_t *q)
     return atomic_load_explicit(&q->len, memory_order_relaxed) == 0;
 }
 
+/* seq_cst emptiness check, for the parking side of the store-buffer
+ * pairing in worker.h (the push side stores `len` seq_cst too). */
+static inline bool weft__inject_empty_sc(weft_inject_t *q)
+{
+    return atomic_load_explicit(&q->len, memory_order_seq_cst) == 0;
+}
+
 void weft__runq_init(weft_runq_t *q);
 
 /* Owner: push r; if the ring is full, move half of it and r to inject. */

@@ -1,0 +1,127 @@
+/* weft — tasks: stackful coroutines that may migrate between workers.
+ *
+ * A task runs fn(arg) on its own stack.  It suspends in weft_await(),
+ * weft_yield(), weft_sleep() (and later every blocking primitive) and
+ * resumes on any worker of its runtime — or only on its loop when pinned,
+ * or when it was spawned on a standalone loop.  A task is a future: its
+ * outcome is fn's return (0 + result, or an error code).
+ *
+ * Rules for task code: read errno right after the failing call, before
+ * anything that can suspend; do not keep pointers to thread-locals across
+ * a suspension; never hold a pthread mutex across one.
+ */
+#ifndef WEFT_TASK_H
+#define WEFT_TASK_H
+
+#include "weft/types.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct weft_spawn_opts {
+    const char *name;    /* copied; NULL = "Task-<n>" */
+    size_t stack_size;   /* 0 = runtime (or default) stack size */
+    weft_loop_t *pinned; /* non-NULL: runs only on this loop */
+    bool eager;          /* run up to the first suspension inside spawn */
+} weft_spawn_opts_t;
+
+/* Start fn(arg) as a task.  Inside a runtime the task may run on any worker
+ * (pinned: only on that loop); on a standalone loop it runs on that loop.
+ * With out non-NULL, *out gets one reference to the task.
+ * Returns 0, -EINVAL (fn NULL, stack_size too big, pinned loop of another
+ * runtime), -ENOMEM, WEFT_ECLOSED (runtime shutting down or loop closed),
+ * -EPERM (not called from a task or loop callback).
+ * Thread: a task, or a loop callback (loop thread).  Suspends: no (an eager
+ * task runs until its first suspension before spawn returns). */
+WEFT_API int weft_spawn(weft_fn fn, void *arg, const weft_spawn_opts_t *opts, weft_task_t **out);
+
+/* Start fn(arg) as a task on `loop` (a worker's loop: the task may then
+ * migrate to other workers; a standalone loop: it stays there).
+ * *out gets the task's future (one reference).
+ * Returns 0, -EINVAL, -ENOMEM, WEFT_ECLOSED.
+ * Thread: any.  Suspends: no. */
+WEFT_API int weft_run_coroutine_threadsafe(weft_loop_t *loop, weft_fn fn, void *arg,
+                                           weft_future_t **out);
+
+/* The task's future (borrowed: valid while the task reference is held).
+ * Thread: any.  Suspends: no. */
+WEFT_API weft_future_t *weft_task_future(weft_task_t *t);
+
+/* Drop a task reference.  NULL is ignored.  Thread: any.  Suspends: no. */
+WEFT_API void weft_task_release(weft_task_t *t);
+
+/* Wait for f inside a task.  Returns f's outcome (0 with *result set when
+ * result is non-NULL, f's error code, or WEFT_ECANCELED when f was
+ * cancelled), or WEFT_ECANCELED when this task is cancelled while waiting,
+ * -EINVAL (f NULL), -EPERM (not in a task), -EDEADLK (f is this task).
+ * Thread: inside a task.  Suspends: yes. */
+WEFT_API int weft_await(weft_future_t *f, void **result);
+
+/* Let other ready tasks run (asyncio.sleep(0)).
+ * Returns 0, WEFT_ECANCELED, -EPERM.  Thread: inside a task.  Suspends: yes. */
+WEFT_API int weft_yield(void);
+
+/* Sleep delay_ns (<= 0 behaves as weft_yield).
+ * Returns 0, WEFT_ECANCELED, -ENOMEM, -EPERM.
+ * Thread: inside a task.  Suspends: yes. */
+WEFT_API int weft_sleep(int64_t delay_ns);
+
+/* The task running on this thread, or NULL.  Thread: any.  Suspends: no. */
+WEFT_API weft_task_t *weft_current_task(void);
+
+typedef void (*weft_task_visit_fn)(weft_task_t *t, void *arg);
+
+/* Call fn on every task of rt that is not done.  The task reference passed
+ * to fn is valid only during the call (retain it through
+ * weft_future_retain(weft_task_future(t)) to keep it).  fn must not spawn
+ * or release tasks of rt.  Safe while tasks run on other workers.
+ * Returns the number of tasks visited, or -EINVAL.
+ * Thread: any.  Suspends: no. */
+WEFT_API int weft_all_tasks(weft_runtime_t *rt, weft_task_visit_fn fn, void *arg);
+
+/* Request cancellation: delivered at the task's next suspension point,
+ * which returns WEFT_ECANCELED.
+ * Returns 1 requested, 0 already done, -EINVAL.
+ * Thread: any.  Suspends: no. */
+WEFT_API int weft_task_cancel(weft_task_t *t, const char *msg);
+
+/* Pending cancellation requests of t (0 if none).  Thread: any. */
+WEFT_API int weft_task_cancelling(const weft_task_t *t);
+
+/* Withdraw one request; returns the remaining count.  -EINVAL for NULL.
+ * Thread: any (normally the task itself).  Suspends: no. */
+WEFT_API int weft_task_uncancel(weft_task_t *t);
+
+/* Name ("Task-<n>" unless set).  Valid until the next set_name or the last
+ * release.  Thread: any.  Suspends: no. */
+WEFT_API const char *weft_task_get_name(const weft_task_t *t);
+
+/* Returns 0, -EINVAL, -ENOMEM.  Thread: any (the task itself, or while no
+ * other thread reads the name).  Suspends: no. */
+WEFT_API int weft_task_set_name(weft_task_t *t, const char *name);
+
+/* Task factory: weft_spawn calls it instead of creating the task itself.
+ * The factory calls weft_task_create() to make the real task. */
+typedef int (*weft_task_factory_fn)(weft_fn fn, void *arg, const weft_spawn_opts_t *opts,
+                                    weft_task_t **out, void *factory_arg);
+
+/* Install (NULL = none) the runtime's task factory.
+ * Returns 0, -EINVAL.  Thread: any.  Suspends: no. */
+WEFT_API int weft_runtime_set_task_factory(weft_runtime_t *rt, weft_task_factory_fn fn,
+                                           void *factory_arg);
+
+/* The plain task constructor (what weft_spawn does without a factory).
+ * Returns as weft_spawn.  Thread: as weft_spawn.  Suspends: as weft_spawn. */
+WEFT_API int weft_task_create(weft_fn fn, void *arg, const weft_spawn_opts_t *opts,
+                              weft_task_t **out);
+
+/* A factory that makes every task eager (asyncio.eager_task_factory). */
+WEFT_API int weft_eager_task_factory(weft_fn fn, void *arg, const weft_spawn_opts_t *opts,
+                                     weft_task_t **out, void *factory_arg);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* WEFT_TASK_H */

@@ -1,0 +1,670 @@
+/* weft — tasks: creation, the wake/resume state machine, suspension points
+ * (await, yield, sleep), cancellation requests, names and the task sets.
+ * Theory of operation in task.h. */
+#include "sched/task.h"
+
+#include <stdio.h>
+#include <string.h>
+
+#include "sched/common.h"
+#include "sched/loop.h"
+#include "sched/worker.h"
+
+/* Stacks kept per loop thread for reuse (DESIGN.md: "a million short tasks
+ * use a handful of stacks"). */
+#define STACK_CACHE_MAX 64
+
+static atomic_uint_fast64_t next_task_id = 1;
+
+/* ---- the current task (TLS through non-inlined accessors) --------------- */
+
+static _Thread_local weft_task_t *tls_current_task;
+
+__attribute__((noinline)) weft_task_t *weft_current_task(void)
+{
+    weft_task_t *t = tls_current_task;
+    __asm__ volatile("" ::: "memory");
+    return t;
+}
+
+__attribute__((noinline)) static void set_current_task(weft_task_t *t)
+{
+    tls_current_task = t;
+    __asm__ volatile("" ::: "memory");
+}
+
+/* ---- task sets ----------------------------------------------------------- */
+
+void weft__task_set_init(weft_task_set_t *s)
+{
+    pthread_mutex_init(&s->lock, NULL);
+    pthread_cond_init(&s->empty, NULL);
+    s->head = NULL;
+    s->count = 0;
+}
+
+void weft__task_set_destroy(weft_task_set_t *s)
+{
+    WEFT_ASSERT(s->count == 0);
+    pthread_cond_destroy(&s->empty);
+    pthread_mutex_destroy(&s->lock);
+}
+
+static void set_add(weft_task_set_t *s, weft_task_t *t)
+{
+    pthread_mutex_lock(&s->lock);
+    t->set = s;
+    t->set_prev = NULL;
+    t->set_next = s->head;
+    if (s->head != NULL)
+        s->head->set_prev = t;
+    s->head = t;
+    s->count++;
+    pthread_mutex_unlock(&s->lock);
+}
+
+static void set_remove(weft_task_t *t)
+{
+    weft_task_set_t *s = t->set;
+    pthread_mutex_lock(&s->lock);
+    if (t->set_prev != NULL)
+        t->set_prev->set_next = t->set_next;
+    else
+        s->head = t->set_next;
+    if (t->set_next != NULL)
+        t->set_next->set_prev = t->set_prev;
+    t->set_prev = t->set_next = NULL;
+    if (--s->count == 0)
+        pthread_cond_broadcast(&s->empty);
+    pthread_mutex_unlock(&s->lock);
+}
+
+void weft__task_set_cancel_all(weft_task_set_t *s, const char *msg)
+{
+    /* weft_task_cancel takes no set lock and never frees, so calling it
+     * under the set lock is safe and keeps every visited task alive. */
+    pthread_mutex_lock(&s->lock);
+    for (weft_task_t *t = s->head; t != NULL; t = t->set_next)
+        weft_task_cancel(t, msg);
+    pthread_mutex_unlock(&s->lock);
+}
+
+int weft__task_set_wait_empty(weft_task_set_t *s, int64_t deadline_ns)
+{
+    int rc = 0;
+    pthread_mutex_lock(&s->lock);
+    while (s->count != 0 && rc == 0) {
+        if (deadline_ns < 0) {
+            pthread_cond_wait(&s->empty, &s->lock);
+            continue;
+        }
+        /* The condvar uses CLOCK_REALTIME; convert the remaining time. */
+        int64_t left = deadline_ns - weft__now_ns();
+        if (left <= 0) {
+            rc = WEFT_ETIMEDOUT;
+            break;
+        }
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        int64_t abs_ns = (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec + left;
+        ts.tv_sec = (time_t)(abs_ns / 1000000000);
+        ts.tv_nsec = (long)(abs_ns % 1000000000);
+        pthread_cond_timedwait(&s->empty, &s->lock, &ts);
+    }
+    pthread_mutex_unlock(&s->lock);
+    return rc;
+}
+
+/* ---- lifetime ------------------------------------------------------------ */
+
+static void task_dtor(weft_future_t *f)
+{
+    weft_task_t *t = (weft_task_t *)f;
+    WEFT_ASSERT(!t->has_stack);
+    weft__free(t->name);
+    weft__free(t->cancel_msg);
+    weft__free(t);
+}
+
+static bool is_task_future(const weft_future_t *f)
+{
+    return f->dtor == task_dtor;
+}
+
+weft_future_t *weft_task_future(weft_task_t *t)
+{
+    return t != NULL ? &t->fut : NULL;
+}
+
+void weft_task_release(weft_task_t *t)
+{
+    if (t != NULL)
+        weft_future_release(&t->fut);
+}
+
+/* Record the outcome, leave every set, drop the scheduler's reference. */
+static void complete_task(weft_task_t *t)
+{
+    atomic_store_explicit(&t->state, WEFT__T_DONE, memory_order_release);
+    bool undelivered = atomic_exchange_explicit(&t->must_cancel, false, memory_order_acq_rel);
+    if (undelivered || t->rc == WEFT_ECANCELED) {
+        weft_future_cancel(&t->fut, t->cancel_msg);
+    } else if (t->rc == 0) {
+        weft_future_set_result(&t->fut, t->result);
+    } else if (t->rc < 0) {
+        weft_future_set_error(&t->fut, t->rc, NULL);
+    } else {
+        weft_future_set_error(&t->fut, -EINVAL, "task function returned a positive value");
+    }
+    set_remove(t);
+    weft_future_release(&t->fut);
+}
+
+static void release_stack(weft_task_t *t, weft_stack_cache_t *cache)
+{
+    if (!t->has_stack)
+        return;
+    weft__coro_destroy(&t->coro);
+    weft__stack_release(cache, &t->stack);
+    t->has_stack = false;
+}
+
+size_t weft__task_set_abandon(weft_task_set_t *s)
+{
+    size_t n = 0;
+    for (;;) {
+        pthread_mutex_lock(&s->lock);
+        weft_task_t *t = s->head;
+        pthread_mutex_unlock(&s->lock);
+        if (t == NULL)
+            return n;
+        /* Never resumed again: its frames are dropped without unwinding. */
+        release_stack(t, NULL);
+        t->rc = WEFT_ECANCELED;
+        if (t->cancel_msg == NULL)
+            t->cancel_msg = weft__strdup("task abandoned at shutdown");
+        complete_task(t);
+        n++;
+    }
+}
+
+/* ---- creation ------------------------------------------------------------ */
+
+static void resume_from_loop(void *arg)
+{
+    weft_task_t *t = arg;
+    weft__task_resume(t, weft_get_running_loop());
+}
+
+int weft__task_new(weft_fn fn, void *arg, const weft_spawn_opts_t *opts, weft_runtime_t *rt,
+                   weft_loop_t *home, weft_loop_t *future_loop, weft_task_t **out)
+{
+    size_t stack_size = opts != NULL ? opts->stack_size : 0;
+    if (stack_size == 0)
+        stack_size = rt != NULL ? rt->stack_size : 0;
+    if (stack_size == 0)
+        stack_size = weft__stack_default_size();
+    if (stack_size > WEFT__STACK_MAX_SIZE)
+        return -EINVAL;
+    weft_task_t *t = weft__calloc(1, sizeof *t);
+    if (t == NULL)
+        return -ENOMEM;
+    t->id = atomic_fetch_add_explicit(&next_task_id, 1, memory_order_relaxed);
+    if (opts != NULL && opts->name != NULL)
+        t->name = weft__strdup(opts->name);
+    else {
+        char buf[32];
+        snprintf(buf, sizeof buf, "Task-%llu", (unsigned long long)t->id);
+        t->name = weft__strdup(buf);
+    }
+    if (t->name == NULL) {
+        weft__free(t);
+        return -ENOMEM;
+    }
+    weft__future_init(&t->fut, future_loop);
+    t->fut.dtor = task_dtor;
+    atomic_init(&t->state, WEFT__T_SCHEDULED);
+    atomic_init(&t->cancel_count, 0);
+    atomic_init(&t->must_cancel, false);
+    t->fn = fn;
+    t->arg = arg;
+    t->stack_size = stack_size;
+    t->rt = rt;
+    t->home = home;
+    t->post_h.kind = WEFT__HK_EMBED;
+    t->post_h.fn = resume_from_loop;
+    t->post_h.arg = t;
+    t->post_h.when = -1;
+    atomic_init(&t->post_h.refs, 1);
+    atomic_init(&t->post_h.state, WEFT__H_PENDING);
+    set_add(rt != NULL ? &rt->tasks : home->tasks, t);
+    *out = t;
+    return 0;
+}
+
+/* ---- scheduling ---------------------------------------------------------- */
+
+/* How a task came to be queued: a wake from a running task or callback on
+ * a worker goes to that worker's LIFO slot (message-passing locality);
+ * spawns and requeues go to the back of the run queue. */
+enum { ENQ_SPAWN, ENQ_WAKE, ENQ_REQUEUE };
+
+static void enqueue(weft_task_t *t, int how)
+{
+    if (t->home != NULL) {
+        /* Pinned or standalone: only its loop may run it.  A closed loop
+         * refuses; the task is then abandoned when the loop closes. */
+        t->post_h.loop = t->home;
+        (void)weft__loop_post_handle(t->home, &t->post_h);
+        return;
+    }
+    weft_worker_t *w = weft__current_worker();
+    if (w != NULL && w->rt == t->rt) {
+        weft__worker_push(w, t, how == ENQ_WAKE);
+        return;
+    }
+    weft__inject_push(&t->rt->inject, &t->run);
+    weft__rt_notify_one(t->rt);
+}
+
+void weft__task_enqueue(weft_task_t *t, bool yielded)
+{
+    enqueue(t, yielded ? ENQ_REQUEUE : ENQ_SPAWN);
+}
+
+void weft__task_wake(weft_task_t *t)
+{
+    /* acq_rel: release publishes the waker's prior writes to the resumer's
+     * exchange (task.h); acquire orders the enqueue after the state
+     * change. */
+    unsigned old = atomic_fetch_or_explicit(&t->state, WEFT__T_NOTIFIED, memory_order_acq_rel);
+    if (old == WEFT__T_IDLE)
+        enqueue(t, ENQ_WAKE);
+}
+
+static void task_entry(void *arg)
+{
+    weft_task_t *t = arg;
+    void *result = NULL;
+    int rc = t->fn(t->arg, &result);
+    t->rc = rc;
+    t->result = result;
+    t->finished = true;
+    /* Read the resumer now: the task may have migrated since it started. */
+    weft__coro_exit(&t->coro, t->resumer);
+}
+
+static weft_stack_cache_t *loop_stacks(weft_loop_t *loop)
+{
+    if (loop->stacks == NULL)
+        (void)weft__stack_cache_new(STACK_CACHE_MAX, &loop->stacks); /* NULL: no cache */
+    return loop->stacks;
+}
+
+void weft__task_resume(weft_task_t *t, weft_loop_t *loop)
+{
+    atomic_exchange_explicit(&t->state, WEFT__T_RUNNING, memory_order_acq_rel);
+    if (!t->has_stack) {
+        /* A stack is taken at first run, not at spawn (DESIGN.md). */
+        int rc = weft__stack_alloc(loop_stacks(loop), t->stack_size, &t->stack);
+        if (rc == 0) {
+            rc = weft__coro_init(&t->coro, &t->stack, task_entry, t);
+            if (rc != 0)
+                weft__stack_release(loop_stacks(loop), &t->stack);
+        }
+        if (rc != 0) {
+            t->rc = rc;
+            complete_task(t);
+            return;
+        }
+        t->has_stack = true;
+    }
+    weft_task_t *prev = weft_current_task();
+    weft_coro_t *from = prev != NULL ? &prev->coro : &loop->main_ctx;
+    t->resumer = from;
+    t->cur_loop = loop;
+    set_current_task(t);
+    weft__coro_switch(from, &t->coro);
+    set_current_task(prev);
+
+    if (weft_loop_get_debug(loop) && t->has_stack && !weft__stack_canary_ok(&t->stack)) {
+        weft__log(WEFT_LOG_ERROR, "task %s overflowed its stack of %zu bytes", t->name,
+                  t->stack.size);
+        WEFT_CHECK(!"stack overflow");
+    }
+    if (t->finished) {
+        release_stack(t, loop_stacks(loop));
+        complete_task(t);
+        return;
+    }
+    if (t->yielding) {
+        t->yielding = false;
+        atomic_exchange_explicit(&t->state, WEFT__T_SCHEDULED, memory_order_acq_rel);
+        enqueue(t, ENQ_REQUEUE);
+        return;
+    }
+    unsigned expected = WEFT__T_RUNNING;
+    if (!atomic_compare_exchange_strong_explicit(&t->state, &expected, WEFT__T_IDLE,
+                                                 memory_order_acq_rel, memory_order_acquire)) {
+        /* Woken while it ran: queue it again, now that it is switched out. */
+        atomic_exchange_explicit(&t->state, WEFT__T_SCHEDULED, memory_order_acq_rel);
+        enqueue(t, ENQ_REQUEUE);
+    }
+}
+
+/* Switch back to whoever resumed t. */
+static void suspend(weft_task_t *t)
+{
+    weft__coro_switch(&t->coro, t->resumer);
+}
+
+static bool take_cancel(weft_task_t *t)
+{
+    return atomic_exchange_explicit(&t->must_cancel, false, memory_order_acq_rel);
+}
+
+/* ---- spawning ------------------------------------------------------------ */
+
+int weft_task_create(weft_fn fn, void *arg, const weft_spawn_opts_t *opts, weft_task_t **out)
+{
+    if (fn == NULL)
+        return -EINVAL;
+    weft_task_t *cur = weft_current_task();
+    weft_loop_t *loop = weft_get_running_loop();
+    if (cur == NULL && loop == NULL)
+        return -EPERM;
+    weft_runtime_t *rt = cur != NULL ? cur->rt : (loop->worker ? loop->worker->rt : NULL);
+    weft_loop_t *home;
+    if (opts != NULL && opts->pinned != NULL) {
+        weft_loop_t *p = opts->pinned;
+        bool ok = rt != NULL ? (p->worker != NULL && p->worker->rt == rt) : (p == loop);
+        if (!ok)
+            return -EINVAL;
+        home = p;
+    } else if (rt == NULL) {
+        home = cur != NULL ? cur->home : loop;
+    } else {
+        home = NULL;
+    }
+    if (rt != NULL && atomic_load_explicit(&rt->closing, memory_order_acquire))
+        return WEFT_ECLOSED;
+    weft_loop_t *future_loop = home != NULL ? home : loop;
+    if (weft_loop_is_closed(future_loop))
+        return WEFT_ECLOSED;
+    weft_task_t *t;
+    int rc = weft__task_new(fn, arg, opts, rt, home, future_loop, &t);
+    if (rc != 0)
+        return rc;
+    if (out != NULL) {
+        weft_future_retain(&t->fut);
+        *out = t;
+    }
+    if (opts != NULL && opts->eager && (home == NULL || home == loop))
+        weft__task_resume(t, loop); /* runs until its first suspension */
+    else
+        enqueue(t, ENQ_SPAWN);
+    return 0;
+}
+
+int weft_spawn(weft_fn fn, void *arg, const weft_spawn_opts_t *opts, weft_task_t **out)
+{
+    if (fn == NULL)
+        return -EINVAL;
+    weft_task_t *cur = weft_current_task();
+    weft_loop_t *loop = weft_get_running_loop();
+    weft_runtime_t *rt = cur != NULL ? cur->rt : (loop && loop->worker ? loop->worker->rt : NULL);
+    if (rt != NULL) {
+        weft_task_factory_fn factory = atomic_load_explicit(&rt->factory, memory_order_acquire);
+        if (factory != NULL) {
+            void *farg = atomic_load_explicit(&rt->factory_arg, memory_order_acquire);
+            weft_task_t *t = NULL;
+            int rc = factory(fn, arg, opts, &t, farg);
+            if (rc == 0 && out != NULL)
+                *out = t;
+            else if (rc == 0)
+                weft_task_release(t);
+            return rc;
+        }
+    }
+    return weft_task_create(fn, arg, opts, out);
+}
+
+int weft_eager_task_factory(weft_fn fn, void *arg, const weft_spawn_opts_t *opts, weft_task_t **out,
+                            void *factory_arg)
+{
+    (void)factory_arg;
+    weft_spawn_opts_t o = {0};
+    if (opts != NULL)
+        o = *opts;
+    o.eager = true;
+    return weft_task_create(fn, arg, &o, out);
+}
+
+int weft_run_coroutine_threadsafe(weft_loop_t *loop, weft_fn fn, void *arg, weft_future_t **out)
+{
+    if (loop == NULL || fn == NULL || out == NULL)
+        return -EINVAL;
+    if (weft_loop_is_closed(loop))
+        return WEFT_ECLOSED;
+    weft_runtime_t *rt = loop->worker != NULL ? loop->worker->rt : NULL;
+    if (rt != NULL && atomic_load_explicit(&rt->closing, memory_order_acquire))
+        return WEFT_ECLOSED;
+    weft_task_t *t;
+    int rc = weft__task_new(fn, arg, NULL, rt, rt != NULL ? NULL : loop, loop, &t);
+    if (rc != 0)
+        return rc;
+    weft_future_retain(&t->fut);
+    /* First run on the named loop (through its inbox); from there a
+     * runtime task may migrate like any other. */
+    t->post_h.loop = loop;
+    rc = weft__loop_post_handle(loop, &t->post_h);
+    if (rc != 0) {
+        t->rc = WEFT_ECANCELED;
+        complete_task(t);
+        weft_future_release(&t->fut);
+        return rc;
+    }
+    *out = &t->fut;
+    return 0;
+}
+
+/* ---- suspension points ------------------------------------------------- */
+
+static void waiter_wake(weft_waiter_t *w)
+{
+    weft__task_wake(w->ctx);
+}
+
+static int outcome(weft_future_t *f, void **result)
+{
+    void *v = NULL;
+    int rc = weft_future_result(f, &v);
+    if (rc == 0 && result != NULL)
+        *result = v;
+    return rc;
+}
+
+int weft_await(weft_future_t *f, void **result)
+{
+    weft_task_t *t = weft_current_task();
+    if (t == NULL)
+        return -EPERM;
+    if (f == NULL)
+        return -EINVAL;
+    if (f == &t->fut)
+        return -EDEADLK;
+    /* A done future does not suspend (as asyncio), so no cancellation is
+     * delivered here. */
+    if (weft_future_done(f))
+        return outcome(f, result);
+    if (take_cancel(t))
+        return WEFT_ECANCELED;
+    weft_waiter_t w = {.wake = waiter_wake, .ctx = t};
+    if (!weft__future_add_waiter(f, &w))
+        return outcome(f, result);
+    bool forwarded = false;
+    for (;;) {
+        suspend(t);
+        if (weft_future_done(f))
+            break;
+        if (take_cancel(t)) {
+            if (is_task_future(f)) {
+                /* asyncio: cancelling a task that awaits another task
+                 * cancels the inner one and waits for it to finish. */
+                if (!forwarded)
+                    weft_task_cancel((weft_task_t *)f, t->cancel_msg);
+                forwarded = true;
+                continue;
+            }
+            weft__future_remove_waiter(f, &w);
+            weft_future_cancel(f, t->cancel_msg);
+            return WEFT_ECANCELED;
+        }
+    }
+    /* Completion unlinked w; taking the lock also waits until the
+     * completer is done with it. */
+    weft__future_remove_waiter(f, &w);
+    return outcome(f, result);
+}
+
+int weft_yield(void)
+{
+    weft_task_t *t = weft_current_task();
+    if (t == NULL)
+        return -EPERM;
+    if (take_cancel(t))
+        return WEFT_ECANCELED;
+    t->yielding = true;
+    suspend(t);
+    return take_cancel(t) ? WEFT_ECANCELED : 0;
+}
+
+/* The sleep timer holds a task reference, dropped by whichever of the
+ * callback, the cancelling sleeper or loop close gets to it. */
+static void sleep_fire(void *arg)
+{
+    weft_task_t *t = arg;
+    weft__task_wake(t);
+    weft_future_release(&t->fut);
+}
+
+static void sleep_drop(void *arg)
+{
+    weft_task_t *t = arg;
+    weft_future_release(&t->fut);
+}
+
+int weft_sleep(int64_t delay_ns)
+{
+    weft_task_t *t = weft_current_task();
+    if (t == NULL)
+        return -EPERM;
+    if (delay_ns <= 0)
+        return weft_yield();
+    if (take_cancel(t))
+        return WEFT_ECANCELED;
+    int64_t now = weft__now_ns();
+    int64_t deadline = delay_ns > INT64_MAX - now ? INT64_MAX : now + delay_ns;
+    weft_handle_t *h;
+    weft_future_retain(&t->fut);
+    int rc = weft_loop_call_at(t->cur_loop, deadline, sleep_fire, t, &h);
+    if (rc != 0) {
+        weft_future_release(&t->fut);
+        return rc;
+    }
+    h->on_drop = sleep_drop;
+    rc = 0;
+    for (;;) {
+        suspend(t);
+        if (weft__now_ns() >= deadline)
+            break;
+        if (take_cancel(t)) {
+            rc = WEFT_ECANCELED;
+            break;
+        }
+    }
+    if (weft__handle_cancel(h))
+        weft_future_release(&t->fut); /* the callback will never run */
+    weft_handle_release(h);
+    return rc;
+}
+
+/* ---- cancellation requests ---------------------------------------------- */
+
+int weft_task_cancel(weft_task_t *t, const char *msg)
+{
+    if (t == NULL)
+        return -EINVAL;
+    if (atomic_load_explicit(&t->state, memory_order_acquire) & WEFT__T_DONE)
+        return 0;
+    if (msg != NULL) {
+        pthread_mutex_lock(&t->fut.lock);
+        if (t->cancel_msg == NULL)
+            t->cancel_msg = weft__strdup(msg); /* best effort: NULL keeps no message */
+        pthread_mutex_unlock(&t->fut.lock);
+    }
+    atomic_fetch_add_explicit(&t->cancel_count, 1, memory_order_relaxed);
+    /* release: pairs with the acquire exchange in take_cancel(). */
+    atomic_store_explicit(&t->must_cancel, true, memory_order_release);
+    weft__task_wake(t);
+    return 1;
+}
+
+int weft_task_cancelling(const weft_task_t *t)
+{
+    if (t == NULL)
+        return 0;
+    return atomic_load_explicit(&((weft_task_t *)t)->cancel_count, memory_order_relaxed);
+}
+
+int weft_task_uncancel(weft_task_t *t)
+{
+    if (t == NULL)
+        return -EINVAL;
+    int n = atomic_load_explicit(&t->cancel_count, memory_order_relaxed);
+    while (n > 0 && !atomic_compare_exchange_weak_explicit(
+                        &t->cancel_count, &n, n - 1, memory_order_relaxed, memory_order_relaxed))
+        ;
+    if (n <= 1) {
+        /* Python 3.13: with no request left, one not yet delivered is
+         * withdrawn and never interrupts the task. */
+        atomic_store_explicit(&t->must_cancel, false, memory_order_release);
+        return 0;
+    }
+    return n - 1;
+}
+
+/* ---- names and enumeration ---------------------------------------------- */
+
+const char *weft_task_get_name(const weft_task_t *t)
+{
+    return t != NULL ? t->name : NULL;
+}
+
+int weft_task_set_name(weft_task_t *t, const char *name)
+{
+    if (t == NULL || name == NULL)
+        return -EINVAL;
+    char *copy = weft__strdup(name);
+    if (copy == NULL)
+        return -ENOMEM;
+    char *old = t->name;
+    t->name = copy;
+    weft__free(old);
+    return 0;
+}
+
+int weft_all_tasks(weft_runtime_t *rt, weft_task_visit_fn fn, void *arg)
+{
+    if (rt == NULL || fn == NULL)
+        return -EINVAL;
+    int n = 0;
+    weft_task_set_t *s = &rt->tasks;
+    pthread_mutex_lock(&s->lock);
+    for (weft_task_t *t = s->head; t != NULL; t = t->set_next) {
+        fn(t, arg);
+        n++;
+    }
+    pthread_mutex_unlock(&s->lock);
+    return n;
+}

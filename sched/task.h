@@ -1,0 +1,132 @@
+/* weft — tasks (private layout).
+ *
+ * A task is a future (first member) plus a coroutine.  Theory of
+ * operation of its `state` word, after Tokio's task state:
+ *
+ *   IDLE      suspended, not queued: only a wake may move it (to SCHEDULED)
+ *   SCHEDULED in exactly one queue (a run queue, the inject queue, the LIFO
+ *             slot, or a loop's ready FIFO as its embedded handle)
+ *   RUNNING   some thread is executing it (or is about to switch in)
+ *   RUNNING|NOTIFIED  woken while running: the resumer queues it again as
+ *             soon as it has switched out
+ *   DONE      finished; never queued again
+ *
+ *   wake():    old = fetch_or(NOTIFIED): old IDLE -> it is now SCHEDULED and
+ *              this waker queues it; old RUNNING -> the resumer requeues it
+ *              after the switch-out; SCHEDULED or DONE -> nothing.  Every
+ *              wake is an RMW, so it sits in the release sequence that the
+ *              resumer's exchange reads: whatever the waker did before (say,
+ *              completing the awaited future) is visible to the task.
+ *   resume():  exchange(RUNNING), by the thread that dequeued it.
+ *   after the switch back:  CAS RUNNING -> IDLE, or, when NOTIFIED was
+ *              set meanwhile, exchange(SCHEDULED) and queue it.
+ *
+ * Invariants:
+ *   1. A task is published to other threads (queued) only by a wake that
+ *      found it IDLE, or by its resumer after its switch-out returned, so
+ *      no thread resumes it while its registers are still being saved.
+ *   2. Suspension points tolerate spurious wakes: each loops on its own
+ *      condition (future done, deadline passed, cancellation requested).
+ *   3. Every task not DONE holds one reference on itself (the scheduler's),
+ *      dropped when it finishes or is abandoned at shutdown.
+ *
+ * The CASes on `state` are acq_rel: a wake's release publishes what the
+ * waker did before (e.g. completing the awaited future) to the resumed task.
+ */
+#ifndef WEFT_SCHED_TASK_H
+#define WEFT_SCHED_TASK_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+
+#include "sched/coro.h"
+#include "sched/future.h"
+#include "sched/handle.h"
+#include "sched/runq.h"
+#include "sched/stack.h"
+#include "weft/task.h"
+
+/* State bits.  SCHEDULED is NOTIFIED without RUNNING. */
+enum {
+    WEFT__T_IDLE = 0,
+    WEFT__T_RUNNING = 2,
+    WEFT__T_NOTIFIED = 4,
+    WEFT__T_SCHEDULED = WEFT__T_NOTIFIED,
+    WEFT__T_DONE = 8,
+};
+
+struct weft_runtime;
+struct weft_worker;
+
+/* Tasks that have not finished, for weft_all_tasks and for shutdown. */
+typedef struct weft_task_set {
+    pthread_mutex_t lock;
+    struct weft_task *head;
+    size_t count;
+    pthread_cond_t empty; /* signalled when count drops to 0 */
+} weft_task_set_t;
+
+struct weft_task {
+    struct weft_future fut; /* first: a task is a future */
+    weft_runnable_t run;    /* run queue / inject link */
+    atomic_uint state;
+    weft_fn fn;
+    void *arg;
+    void *result;
+    int rc;
+    bool finished; /* fn returned; set on the task's stack, read by the resumer */
+    bool yielding; /* suspended by weft_yield: requeue at the back */
+    bool has_stack;
+    weft_coro_t coro;
+    weft_stack_t stack;
+    size_t stack_size;
+    weft_coro_t *resumer;    /* context to switch back to when suspending */
+    weft_loop_t *cur_loop;   /* loop of the thread running it now */
+    struct weft_runtime *rt; /* NULL for a task of a standalone loop */
+    weft_loop_t *home;       /* pinned loop or standalone loop; NULL = any worker */
+    weft_handle_t post_h;    /* EMBED handle: resume through home's ready FIFO */
+    atomic_int cancel_count; /* cancelling() */
+    atomic_bool must_cancel; /* a request not yet delivered */
+    char *cancel_msg;        /* first request's message, under fut.lock */
+    char *name;
+    uint64_t id;
+    weft_task_set_t *set; /* the set it is registered in */
+    struct weft_task *set_prev, *set_next;
+};
+
+static inline weft_task_t *weft__task_of_runnable(weft_runnable_t *r)
+{
+    return (weft_task_t *)((char *)r - offsetof(weft_task_t, run));
+}
+
+void weft__task_set_init(weft_task_set_t *s);
+void weft__task_set_destroy(weft_task_set_t *s);
+
+/* Request cancellation of every task in s (shutdown). */
+void weft__task_set_cancel_all(weft_task_set_t *s, const char *msg);
+
+/* Wait until s is empty or deadline_ns passes (-1: no limit): 0 or
+ * WEFT_ETIMEDOUT. */
+int weft__task_set_wait_empty(weft_task_set_t *s, int64_t deadline_ns);
+
+/* Give up on every task still in s: never resumed again; stacks freed,
+ * futures cancelled, done callbacks scheduled.  Callers make sure no
+ * thread runs or queues them any more.  Returns how many. */
+size_t weft__task_set_abandon(weft_task_set_t *s);
+
+/* Resume t (dequeued by the caller, state SCHEDULED) on the thread
+ * running `loop`.  Returns after t suspends or finishes. */
+void weft__task_resume(weft_task_t *t, weft_loop_t *loop);
+
+/* The wake of the state machine above.  Any thread. */
+void weft__task_wake(weft_task_t *t);
+
+/* Create a task (state SCHEDULED, not queued yet); see weft_task_create
+ * for the context rules.  first_loop: where it will first run. */
+int weft__task_new(weft_fn fn, void *arg, const weft_spawn_opts_t *opts, struct weft_runtime *rt,
+                   weft_loop_t *home, weft_loop_t *future_loop, weft_task_t **out);
+
+/* Queue a SCHEDULED task where it belongs. */
+void weft__task_enqueue(weft_task_t *t, bool yielded);
+
+#endif /* WEFT_SCHED_TASK_H */

@@ -1,0 +1,301 @@
+/* weft — worker threads: finding work, stealing, parking.  The order of
+ * places a worker looks and the lost-wakeup argument are in worker.h. */
+#include "sched/worker.h"
+
+#include <signal.h>
+
+#include "sched/common.h"
+
+static _Thread_local weft_worker_t *tls_worker;
+
+__attribute__((noinline)) weft_worker_t *weft__current_worker(void)
+{
+    weft_worker_t *w = tls_worker;
+    __asm__ volatile("" ::: "memory");
+    return w;
+}
+
+__attribute__((noinline)) static void set_current_worker(weft_worker_t *w)
+{
+    tls_worker = w;
+    __asm__ volatile("" ::: "memory");
+}
+
+#define STAT_INC(w, field)                                                                         \
+    atomic_store_explicit(&(w)->stats.field,                                                       \
+                          atomic_load_explicit(&(w)->stats.field, memory_order_relaxed) + 1,       \
+                          memory_order_relaxed)
+
+static uint64_t next_rand(weft_worker_t *w)
+{
+    /* xorshift64: a victim picker, not cryptography. */
+    uint64_t x = w->rng;
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    return w->rng = x;
+}
+
+/* ---- idle set ------------------------------------------------------------ */
+
+static void idle_add(weft_runtime_t *rt, weft_worker_t *w)
+{
+    pthread_mutex_lock(&rt->idle_lock);
+    rt->idle[rt->idle_n++] = w->index;
+    w->idle_listed = true;
+    /* seq_cst: the parking side of the store-buffer pairing (worker.h). */
+    atomic_fetch_add_explicit(&rt->n_idle, 1, memory_order_seq_cst);
+    pthread_mutex_unlock(&rt->idle_lock);
+}
+
+static void idle_remove(weft_runtime_t *rt, weft_worker_t *w)
+{
+    pthread_mutex_lock(&rt->idle_lock);
+    if (w->idle_listed) {
+        for (unsigned i = 0; i < rt->idle_n; i++) {
+            if (rt->idle[i] == w->index) {
+                rt->idle[i] = rt->idle[--rt->idle_n];
+                break;
+            }
+        }
+        w->idle_listed = false;
+        atomic_fetch_sub_explicit(&rt->n_idle, 1, memory_order_seq_cst);
+    }
+    pthread_mutex_unlock(&rt->idle_lock);
+}
+
+void weft__rt_notify_one(weft_runtime_t *rt)
+{
+    /* seq_cst: the producer side of the pairing; the work was pushed
+     * before this load (worker.h). */
+    if (atomic_load_explicit(&rt->n_idle, memory_order_seq_cst) == 0)
+        return;
+    weft_worker_t *w = NULL;
+    pthread_mutex_lock(&rt->idle_lock);
+    if (rt->idle_n > 0) {
+        w = rt->workers[rt->idle[--rt->idle_n]];
+        w->idle_listed = false;
+        atomic_fetch_sub_explicit(&rt->n_idle, 1, memory_order_seq_cst);
+    }
+    pthread_mutex_unlock(&rt->idle_lock);
+    if (w != NULL)
+        weft__loop_notify(w->loop);
+}
+
+static void notify_all(weft_runtime_t *rt)
+{
+    for (unsigned i = 0; i < rt->n; i++)
+        weft__loop_notify(rt->workers[i]->loop);
+}
+
+/* ---- queues ---------------------------------------------------------------- */
+
+void weft__worker_push(weft_worker_t *w, weft_task_t *t, bool lifo)
+{
+    if (lifo) {
+        weft_task_t *old = w->lifo;
+        w->lifo = t;
+        if (old == NULL)
+            return; /* nobody else can take the LIFO slot: no one to wake */
+        t = old;
+    }
+    weft__runq_push(&w->runq, &t->run, &w->rt->inject);
+    /* Extra parallelism only (worker.h): relaxed reads are enough. */
+    weft_runtime_t *rt = w->rt;
+    if (atomic_load_explicit(&rt->n_searching, memory_order_relaxed) == 0 &&
+        atomic_load_explicit(&rt->n_idle, memory_order_relaxed) != 0)
+        weft__rt_notify_one(rt);
+}
+
+static weft_task_t *from_inject(weft_worker_t *w)
+{
+    weft_runnable_t *r = weft__inject_pop(&w->rt->inject);
+    if (r == NULL)
+        return NULL;
+    STAT_INC(w, inject_pops);
+    return weft__task_of_runnable(r);
+}
+
+static weft_task_t *next_local(weft_worker_t *w)
+{
+    if (w->tick % WEFT__FAIRNESS_TICKS == 0) {
+        weft_task_t *t = from_inject(w);
+        if (t != NULL)
+            return t;
+    }
+    if (w->lifo != NULL) {
+        weft_task_t *t = w->lifo;
+        w->lifo = NULL;
+        if (w->lifo_streak < WEFT__LIFO_MAX_STREAK) {
+            w->lifo_streak++;
+            STAT_INC(w, lifo_runs);
+            return t;
+        }
+        /* Two tasks ping-ponging through the slot would starve the ring. */
+        weft__runq_push(&w->runq, &t->run, &w->rt->inject);
+    }
+    w->lifo_streak = 0;
+    weft_runnable_t *r = weft__runq_pop(&w->runq);
+    if (r != NULL)
+        return weft__task_of_runnable(r);
+    return from_inject(w);
+}
+
+static void stop_searching(weft_worker_t *w, bool found)
+{
+    if (!w->searching)
+        return;
+    w->searching = false;
+    unsigned prev = atomic_fetch_sub_explicit(&w->rt->n_searching, 1, memory_order_seq_cst);
+    /* The last searcher that found work wakes one more, so that stealing
+     * continues while there is work to spread (DESIGN.md). */
+    if (found && prev == 1)
+        weft__rt_notify_one(w->rt);
+}
+
+static weft_task_t *steal(weft_worker_t *w)
+{
+    weft_runtime_t *rt = w->rt;
+    if (rt->n < 2)
+        return NULL;
+    if (!w->searching) {
+        /* At most half the workers search at once. */
+        unsigned s = atomic_load_explicit(&rt->n_searching, memory_order_relaxed);
+        if (2 * s >= rt->n)
+            return NULL;
+        atomic_fetch_add_explicit(&rt->n_searching, 1, memory_order_seq_cst);
+        w->searching = true;
+    }
+    unsigned start = (unsigned)(next_rand(w) % rt->n);
+    for (unsigned i = 0; i < rt->n; i++) {
+        weft_worker_t *v = rt->workers[(start + i) % rt->n];
+        if (v == w)
+            continue;
+        uint32_t before = weft__runq_len(&w->runq);
+        weft_runnable_t *r = weft__runq_steal_into(&v->runq, &w->runq);
+        if (r != NULL) {
+            STAT_INC(w, steals);
+            uint64_t got = 1 + (uint64_t)(weft__runq_len(&w->runq) - before);
+            atomic_store_explicit(
+                &w->stats.stolen_tasks,
+                atomic_load_explicit(&w->stats.stolen_tasks, memory_order_relaxed) + got,
+                memory_order_relaxed);
+            return weft__task_of_runnable(r);
+        }
+    }
+    return from_inject(w);
+}
+
+static bool shared_work_visible(weft_worker_t *w)
+{
+    weft_runtime_t *rt = w->rt;
+    if (!weft__inject_empty_sc(&rt->inject))
+        return true;
+    for (unsigned i = 0; i < rt->n; i++)
+        if (rt->workers[i] != w && weft__runq_len(&rt->workers[i]->runq) != 0)
+            return true;
+    return false;
+}
+
+static void park(weft_worker_t *w)
+{
+    weft_runtime_t *rt = w->rt;
+    idle_add(rt, w);
+    if (shared_work_visible(w) || atomic_load_explicit(&rt->stopping, memory_order_acquire)) {
+        idle_remove(rt, w);
+        return;
+    }
+    STAT_INC(w, parks);
+    /* Sleeps in epoll unless notified meanwhile (the loop's park word),
+     * a callback is ready or a timer is due. */
+    int rc = weft__loop_run_once(w->loop, true);
+    WEFT_CHECK(rc == 0);
+    idle_remove(rt, w);
+}
+
+static void run_task(weft_worker_t *w, weft_task_t *t)
+{
+    STAT_INC(w, tasks_run);
+    weft__task_resume(t, w->loop);
+}
+
+/* Bound on the callback iterations a stopping worker runs to deliver what
+ * is still queued (done callbacks of the last tasks); a callback that keeps
+ * rescheduling itself must not keep shutdown waiting forever. */
+#define DRAIN_ITERATIONS 1000
+
+static void drain_loop(weft_loop_t *loop)
+{
+    for (int i = 0; i < DRAIN_ITERATIONS; i++) {
+        (void)weft__loop_run_once(loop, false);
+        if (loop->ready_n == 0 &&
+            atomic_load_explicit(&loop->inbox.head, memory_order_acquire) == NULL)
+            break;
+    }
+}
+
+void *weft__worker_main(void *arg)
+{
+    weft_worker_t *w = arg;
+    weft_runtime_t *rt = w->rt;
+    weft_loop_t *loop = w->loop;
+
+    /* DESIGN.md: workers run with async signals blocked; signals reach
+     * users through signalfd on a loop. */
+    sigset_t all;
+    sigfillset(&all);
+    sigdelset(&all, SIGSEGV);
+    sigdelset(&all, SIGBUS);
+    sigdelset(&all, SIGFPE);
+    sigdelset(&all, SIGILL);
+    pthread_sigmask(SIG_BLOCK, &all, NULL);
+
+    set_current_worker(w);
+    atomic_store_explicit(&loop->owner, weft__thread_id(), memory_order_release);
+    atomic_store_explicit(&loop->running, true, memory_order_release);
+    weft__loop_set_running(loop);
+    weft__coro_thread_init(&loop->main_ctx);
+
+    while (!atomic_load_explicit(&rt->stopping, memory_order_acquire)) {
+        w->tick++;
+        weft_task_t *t = next_local(w);
+        if (t == NULL)
+            t = steal(w);
+        if (t != NULL) {
+            stop_searching(w, true);
+            run_task(w, t);
+            /* Fairness: timers, I/O and callbacks get their turn even when
+             * the ring never empties. */
+            if (w->tick % WEFT__FAIRNESS_TICKS == 0)
+                (void)weft__loop_run_once(loop, false);
+            continue;
+        }
+        stop_searching(w, false);
+        park(w);
+    }
+
+    /* The LIFO task goes back to the ring (it is abandoned with the rest if
+     * shutdown gave up on it). */
+    if (w->lifo != NULL) {
+        weft__runq_push(&w->runq, &w->lifo->run, &rt->inject);
+        w->lifo = NULL;
+    }
+    drain_loop(loop);
+    weft__coro_thread_fini(&loop->main_ctx);
+    weft__loop_set_running(NULL);
+    atomic_store_explicit(&loop->running, false, memory_order_release);
+    atomic_store_explicit(&loop->owner, NULL, memory_order_release);
+    set_current_worker(NULL);
+    return NULL;
+}
+
+void weft__rt_stop_workers(weft_runtime_t *rt)
+{
+    atomic_store_explicit(&rt->stopping, true, memory_order_release);
+    notify_all(rt);
+    for (unsigned i = 0; i < rt->n; i++) {
+        if (rt->workers[i]->started)
+            pthread_join(rt->workers[i]->thread, NULL);
+        rt->workers[i]->started = false;
+    }
+}
