@@ -10,5 +10,6 @@
 #include "weft/future.h"
 #include "weft/runtime.h"
 #include "weft/task.h"
+#include "weft/executor.h"
 
 #endif /* WEFT_H */

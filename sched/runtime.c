@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include "sched/common.h"
+#include "sched/executor.h"
 #include "sched/worker.h"
 
 static void free_workers(weft_runtime_t *rt)
@@ -36,6 +37,7 @@ static void free_workers(weft_runtime_t *rt)
 
 static void rt_free_memory(weft_runtime_t *rt)
 {
+    weft_executor_free(rt->own_executor);
     free_workers(rt);
     weft__inject_destroy(&rt->inject);
     weft__task_set_destroy(&rt->tasks);
@@ -77,7 +79,14 @@ int weft_runtime_new(const weft_config_t *cfg, weft_runtime_t **out)
     atomic_init(&rt->factory, NULL);
     atomic_init(&rt->factory_arg, NULL);
 
-    int rc = 0;
+    /* Threads start on demand, so an unused executor costs no thread. */
+    int rc =
+        weft_executor_new(cfg->executor_max_threads, cfg->executor_keepalive_ns, &rt->own_executor);
+    if (rc != 0) {
+        rt->own_executor = NULL;
+        goto fail;
+    }
+    atomic_init(&rt->executor, rt->own_executor);
     rt->workers = weft__calloc(n, sizeof *rt->workers);
     rt->idle = weft__calloc(n, sizeof *rt->idle);
     if (rt->workers == NULL || rt->idle == NULL) {
@@ -167,6 +176,19 @@ int weft_runtime_set_task_factory(weft_runtime_t *rt, weft_task_factory_fn fn, v
     return 0;
 }
 
+weft_executor_t *weft__runtime_default_executor(weft_runtime_t *rt)
+{
+    return rt != NULL ? atomic_load_explicit(&rt->executor, memory_order_acquire) : NULL;
+}
+
+int weft_runtime_set_default_executor(weft_runtime_t *rt, weft_executor_t *ex)
+{
+    if (rt == NULL)
+        return -EINVAL;
+    atomic_store_explicit(&rt->executor, ex != NULL ? ex : rt->own_executor, memory_order_release);
+    return 0;
+}
+
 int weft_runtime_submit(weft_runtime_t *rt, weft_fn fn, void *arg, weft_future_t **out)
 {
     if (rt == NULL || fn == NULL || out == NULL)
@@ -202,6 +224,9 @@ int weft_runtime_shutdown(weft_runtime_t *rt, int64_t timeout_ns)
     int64_t deadline = timeout_ns < 0 ? -1 : weft__now_ns() + timeout_ns;
     weft__task_set_cancel_all(&rt->tasks, "runtime shutdown");
     int rc = weft__task_set_wait_empty(&rt->tasks, deadline);
+    /* Blocking calls still running finish first (they cannot be
+     * interrupted); their results go to futures whose awaiters are gone. */
+    weft_executor_shutdown(rt->own_executor, true);
     weft__rt_stop_workers(rt);
     for (unsigned i = 0; i < rt->n; i++)
         weft_loop_close(rt->workers[i]->loop);

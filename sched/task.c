@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "sched/common.h"
+#include "sched/executor.h"
 #include "sched/loop.h"
 #include "sched/worker.h"
 
@@ -586,6 +587,23 @@ int weft_sleep(int64_t delay_ns)
     if (weft__handle_cancel(h))
         weft_future_release(&t->fut); /* the callback will never run */
     weft_handle_release(h);
+    return rc;
+}
+
+int weft_to_thread(weft_fn fn, void *arg, void **result)
+{
+    if (fn == NULL)
+        return -EINVAL;
+    if (weft_current_task() == NULL)
+        return -EPERM;
+    weft_future_t *f;
+    int rc = weft_run_in_executor(NULL, fn, arg, &f);
+    if (rc != 0)
+        return rc;
+    /* A cancelled await cancels f: the executor then skips fn, or discards
+     * its result if it already runs. */
+    rc = weft_await(f, result);
+    weft_future_release(f);
     return rc;
 }
 

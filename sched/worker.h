@@ -31,6 +31,7 @@
 #include "sched/loop.h"
 #include "sched/runq.h"
 #include "sched/task.h"
+#include "weft/executor.h"
 #include "weft/runtime.h"
 #include "weft/task.h"
 
@@ -79,6 +80,8 @@ struct weft_runtime {
     _Atomic(weft_task_factory_fn) factory;
     _Atomic(void *) factory_arg;
     pthread_mutex_t shutdown_lock;
+    weft_executor_t *own_executor;       /* from the config's limits */
+    _Atomic(weft_executor_t *) executor; /* the default: own or the user's */
 };
 
 /* The worker running on this thread, or NULL. */
