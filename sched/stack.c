@@ -147,7 +147,25 @@ static void canary_write(const weft_stack_t *s)
  * a frame's redzone, and the answer we want is "false", not a report. */
 __attribute__((no_sanitize("address"))) bool weft__stack_canary_ok(const weft_stack_t *s)
 {
+    /* Without a canary the bottom page was never touched; reading it here
+     * would fault it in for nothing. */
+    if (!(s->flags & WEFT_STACK_CANARY))
+        return true;
     return *(const volatile uint64_t *)s->base == canary_for(s->base);
+}
+
+/* Arm or disarm the canary of a stack being handed out.  A stack from the
+ * cache may carry the flag from its previous owner; it is set or cleared
+ * here for the new one (a stale canary value left in memory is harmless:
+ * without the flag nobody reads it). */
+static void canary_setup(weft_stack_t *s, bool canary)
+{
+    if (canary) {
+        canary_write(s);
+        s->flags |= WEFT_STACK_CANARY;
+    } else {
+        s->flags &= ~WEFT_STACK_CANARY;
+    }
 }
 
 /* ---- mappings ----------------------------------------------------------- */
@@ -394,6 +412,11 @@ void weft__stack_cache_free(weft_stack_cache_t *c)
 
 int weft__stack_alloc(weft_stack_cache_t *c, size_t size, weft_stack_t *out)
 {
+    return weft__stack_alloc_ex(c, size, true, out);
+}
+
+int weft__stack_alloc_ex(weft_stack_cache_t *c, size_t size, bool canary, weft_stack_t *out)
+{
     config();
     size_t sz;
     int rc = size_round(size, &sz);
@@ -410,7 +433,7 @@ int weft__stack_alloc(weft_stack_cache_t *c, size_t size, weft_stack_t *out)
             *out = c->v[i];
             memmove(&c->v[i], &c->v[i + 1], (c->n - i - 1) * sizeof c->v[0]);
             c->n--;
-            canary_write(out);
+            canary_setup(out, canary);
             return 0;
         }
     }
@@ -424,7 +447,7 @@ int weft__stack_alloc(weft_stack_cache_t *c, size_t size, weft_stack_t *out)
         rc = alloc_unguarded(sz, &s);
     if (rc < 0)
         return rc;
-    canary_write(&s);
+    canary_setup(&s, canary);
     *out = s;
     return 0;
 }

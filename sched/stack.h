@@ -3,8 +3,11 @@
  * Theory of operation.  A stack is an anonymous private mapping made with
  * MAP_NORESERVE | MAP_STACK, so only the pages a coroutine touches cost
  * memory.  Stacks grow down: a coroutine starts at base + size and the
- * lowest usable address, `base`, holds a 64-bit canary written at every
- * allocation.  Where a stack comes from:
+ * lowest usable address, `base`, holds a 64-bit canary when the caller asks
+ * for one (weft__stack_alloc always does; weft__stack_alloc_ex lets the
+ * task code ask only in debug mode, because writing the canary touches the
+ * stack's bottom page: a second resident page per stack, which doubles what
+ * a parked task costs).  Where a stack comes from:
  *
  *   1. the caller's per-worker cache (LIFO, hottest first): a stack that was
  *      released there keeps its touched pages, so reuse costs no fault;
@@ -32,6 +35,9 @@
  *      while it sits in a cache.
  *   3. A slab slot is either free (its bit set in the slab's free mask) or
  *      owned by exactly one weft_stack_t (in use or in a cache).
+ *   4. WEFT_STACK_CANARY is set exactly when the allocation that handed the
+ *      stack out wrote a canary at base; weft__stack_canary_ok reads base
+ *      only then.
  *
  * | operation                              | who                          |
  * |----------------------------------------|------------------------------|
@@ -50,6 +56,7 @@
 /* weft_stack_t.flags */
 #define WEFT_STACK_GUARDED 0x1u /* a PROT_NONE page lies just below base */
 #define WEFT_STACK_SLAB    0x2u /* a slot of a slab mapping (never guarded) */
+#define WEFT_STACK_CANARY  0x4u /* a canary was written at base by this allocation */
 
 /* Bounds on a requested size: below the minimum it is raised to it; above
  * the maximum weft__stack_alloc returns -EINVAL. */
@@ -60,7 +67,7 @@
 struct weft_stack_slab;
 
 typedef struct weft_stack {
-    void *base;                   /* lowest usable address; the canary is here */
+    void *base;                   /* lowest usable address; the canary, if any, is here */
     size_t size;                  /* usable bytes: [base, base + size) */
     uint32_t flags;               /* WEFT_STACK_* */
     struct weft_stack_slab *slab; /* owning slab when WEFT_STACK_SLAB, else NULL */
@@ -79,9 +86,15 @@ void weft__stack_cache_free(weft_stack_cache_t *c);
 
 /* A stack of at least `size` usable bytes (0 = weft__stack_default_size()),
  * rounded up to whole pages and to at least WEFT__STACK_MIN_SIZE, taken from
- * the cache c when it holds one of that size (c may be NULL).
+ * the cache c when it holds one of that size (c may be NULL).  With `canary`
+ * a fresh canary is written at base (touching the bottom page) and
+ * WEFT_STACK_CANARY is set in out->flags; without, the bottom page is left
+ * untouched and the flag is clear.
  * 0, -EINVAL (size above WEFT__STACK_MAX_SIZE), -ENOMEM; *out is untouched
  * on error. */
+int weft__stack_alloc_ex(weft_stack_cache_t *c, size_t size, bool canary, weft_stack_t *out);
+
+/* weft__stack_alloc_ex with a canary. */
 int weft__stack_alloc(weft_stack_cache_t *c, size_t size, weft_stack_t *out);
 
 /* Give s back: to the cache c if it has room (c may be NULL), else to the
@@ -89,7 +102,8 @@ int weft__stack_alloc(weft_stack_cache_t *c, size_t size, weft_stack_t *out);
 void weft__stack_release(weft_stack_cache_t *c, weft_stack_t *s);
 
 /* Is the canary at the stack limit intact?  False means the stack
- * overflowed (or something wrote below its frames). */
+ * overflowed (or something wrote below its frames).  True for a stack
+ * allocated without a canary (there is nothing to check). */
 bool weft__stack_canary_ok(const weft_stack_t *s);
 
 size_t weft__stack_default_size(void); /* 256 KiB of address space */

@@ -179,7 +179,13 @@ size_t weft__task_set_abandon(weft_task_set_t *s)
         pthread_mutex_unlock(&s->lock);
         if (t == NULL)
             return n;
-        /* Never resumed again: its frames are dropped without unwinding. */
+        /* Never resumed again: its frames are dropped without unwinding,
+         * so first unlink any node of theirs that a shared structure still
+         * points to (a later completion would write into a freed stack). */
+        if (t->park_unlink != NULL) {
+            t->park_unlink(t->park_node, t->park_where);
+            t->park_unlink = NULL;
+        }
         release_stack(t, NULL);
         t->rc = WEFT_ECANCELED;
         if (t->cancel_msg == NULL)
@@ -307,7 +313,8 @@ void weft__task_resume(weft_task_t *t, weft_loop_t *loop)
     atomic_exchange_explicit(&t->state, WEFT__T_RUNNING, memory_order_acq_rel);
     if (!t->has_stack) {
         /* A stack is taken at first run, not at spawn (DESIGN.md). */
-        int rc = weft__stack_alloc(loop_stacks(loop), t->stack_size, &t->stack);
+        int rc = weft__stack_alloc_ex(loop_stacks(loop), t->stack_size, weft_loop_get_debug(loop),
+                                      &t->stack);
         if (rc == 0) {
             rc = weft__coro_init(&t->coro, &t->stack, task_entry, t);
             if (rc != 0)
@@ -476,6 +483,11 @@ static void waiter_wake(weft_waiter_t *w)
     weft__task_wake(w->ctx);
 }
 
+static void waiter_unlink(void *node, void *where)
+{
+    weft__future_remove_waiter(where, node);
+}
+
 static int outcome(weft_future_t *f, void **result)
 {
     void *v = NULL;
@@ -503,6 +515,9 @@ int weft_await(weft_future_t *f, void **result)
     weft_waiter_t w = {.wake = waiter_wake, .ctx = t};
     if (!weft__future_add_waiter(f, &w))
         return outcome(f, result);
+    t->park_unlink = waiter_unlink;
+    t->park_node = &w;
+    t->park_where = f;
     bool forwarded = false;
     for (;;) {
         suspend(t);
@@ -517,6 +532,7 @@ int weft_await(weft_future_t *f, void **result)
                 forwarded = true;
                 continue;
             }
+            t->park_unlink = NULL;
             weft__future_remove_waiter(f, &w);
             weft_future_cancel(f, t->cancel_msg);
             return WEFT_ECANCELED;
@@ -524,6 +540,7 @@ int weft_await(weft_future_t *f, void **result)
     }
     /* Completion unlinked w; taking the lock also waits until the
      * completer is done with it. */
+    t->park_unlink = NULL;
     weft__future_remove_waiter(f, &w);
     return outcome(f, result);
 }
@@ -555,6 +572,16 @@ static void sleep_drop(void *arg)
     weft_future_release(&t->fut);
 }
 
+/* What the end of weft_sleep does, for a sleeper abandoned in it. */
+static void sleep_unlink(void *node, void *where)
+{
+    weft_handle_t *h = node;
+    weft_task_t *t = where;
+    if (weft__handle_cancel(h))
+        weft_future_release(&t->fut);
+    weft_handle_release(h);
+}
+
 int weft_sleep(int64_t delay_ns)
 {
     weft_task_t *t = weft_current_task();
@@ -574,6 +601,9 @@ int weft_sleep(int64_t delay_ns)
         return rc;
     }
     h->on_drop = sleep_drop;
+    t->park_unlink = sleep_unlink;
+    t->park_node = h;
+    t->park_where = t;
     rc = 0;
     for (;;) {
         suspend(t);
@@ -584,6 +614,7 @@ int weft_sleep(int64_t delay_ns)
             break;
         }
     }
+    t->park_unlink = NULL;
     if (weft__handle_cancel(h))
         weft_future_release(&t->fut); /* the callback will never run */
     weft_handle_release(h);
@@ -680,6 +711,11 @@ int weft_all_tasks(weft_runtime_t *rt, weft_task_visit_fn fn, void *arg)
     weft_task_set_t *s = &rt->tasks;
     pthread_mutex_lock(&s->lock);
     for (weft_task_t *t = s->head; t != NULL; t = t->set_next) {
+        /* A finished task stays in the set for the moment between
+         * completing its future and leaving the set; whoever saw the
+         * future done must not meet it here (asyncio skips done tasks). */
+        if (weft_future_done(&t->fut))
+            continue;
         fn(t, arg);
         n++;
     }

@@ -92,6 +92,13 @@ struct weft_task {
     uint64_t id;
     weft_task_set_t *set; /* the set it is registered in */
     struct weft_task *set_prev, *set_next;
+    /* While suspended holding something its frames would release on the
+     * way out (a waiter node on its own stack linked into a future, a
+     * timer handle reference): how to undo it.  Set and cleared by the
+     * task around its suspension; called only by weft__task_set_abandon,
+     * before the stack is freed, when the task will never run again. */
+    void (*park_unlink)(void *node, void *where);
+    void *park_node, *park_where;
 };
 
 static inline weft_task_t *weft__task_of_runnable(weft_runnable_t *r)
