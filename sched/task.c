@@ -371,6 +371,24 @@ static bool take_cancel(weft_task_t *t)
     return atomic_exchange_explicit(&t->must_cancel, false, memory_order_acq_rel);
 }
 
+void weft__task_suspend(weft_task_t *t)
+{
+    suspend(t);
+}
+
+bool weft__task_take_cancel(weft_task_t *t)
+{
+    return take_cancel(t);
+}
+
+void weft__task_park_undo(weft_task_t *t, void (*unlink)(void *node, void *where), void *node,
+                          void *where)
+{
+    t->park_unlink = unlink;
+    t->park_node = node;
+    t->park_where = where;
+}
+
 /* ---- spawning ------------------------------------------------------------ */
 
 int weft_task_create(weft_fn fn, void *arg, const weft_spawn_opts_t *opts, weft_task_t **out)

@@ -136,4 +136,34 @@ int weft__task_new(weft_fn fn, void *arg, const weft_spawn_opts_t *opts, struct 
 /* Queue a SCHEDULED task where it belongs. */
 void weft__task_enqueue(weft_task_t *t, bool yielded);
 
+/* ---- building suspension points outside task.c -------------------------
+ *
+ * A suspension point (a lock, a queue, a timeout scope ...) follows this
+ * pattern, on the task's own thread:
+ *
+ *     weft_task_t *t = weft_current_task();        NULL: return -EPERM
+ *     if (weft__task_take_cancel(t))               a request is pending:
+ *         return WEFT_ECANCELED;                   deliver it, do not wait
+ *     link a waiter node (may live on t's stack) whose wake, from any
+ *     thread, calls weft__task_wake(t) after recording why;
+ *     weft__task_park_undo(t, unlink, node, where);
+ *     for (;;) {
+ *         weft__task_suspend(t);
+ *         if (what it waits for happened) break;
+ *         if (weft__task_take_cancel(t)) { unlink; clear undo; ...
+ *                                          return WEFT_ECANCELED; }
+ *     }
+ *     weft__task_park_undo(t, NULL, NULL, NULL); unlink if still linked
+ *
+ * Wakes can be spurious (a cancellation withdrawn by uncancel before
+ * delivery, a late wake from an earlier wait): always re-check.  A waiter
+ * that was granted something (a permit, an item) and is cancelled at the
+ * same moment keeps or passes on the grant: it never drops it.
+ * weft__task_park_undo registers what weft__task_set_abandon must do if
+ * the task is abandoned while suspended (its frames never unwind). */
+void weft__task_suspend(weft_task_t *t);
+bool weft__task_take_cancel(weft_task_t *t);
+void weft__task_park_undo(weft_task_t *t, void (*unlink)(void *node, void *where), void *node,
+                          void *where);
+
 #endif /* WEFT_SCHED_TASK_H */
