@@ -4,7 +4,7 @@
 set -euo pipefail
 
 # The examples to run, in order; each is examples/<name minus "example_">.c.
-EXAMPLES=(example_timers example_threadsafe example_reader)
+EXAMPLES=(example_timers example_threadsafe example_reader example_embed_pthreads)
 # An example that has not returned by then is hung.
 EXAMPLE_TIMEOUT=60
 
