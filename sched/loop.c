@@ -83,7 +83,7 @@ int weft_loop_new(weft_loop_t **out)
         weft__free(loop);
         return rc;
     }
-    weft__task_set_init(loop->tasks);
+    weft__task_set_init(loop->tasks, 1);
     weft__timers_init(&loop->timers);
     weft__fdtable_init(&loop->fds);
     weft__inbox_init(&loop->inbox);

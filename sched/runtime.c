@@ -69,7 +69,7 @@ int weft_runtime_new(const weft_config_t *cfg, weft_runtime_t **out)
     rt->debug = cfg->debug || weft_debug_env();
     rt->slow_ns = cfg->slow_callback_ns;
     weft__inject_init(&rt->inject);
-    weft__task_set_init(&rt->tasks);
+    weft__task_set_init(&rt->tasks, n);
     pthread_mutex_init(&rt->idle_lock, NULL);
     pthread_mutex_init(&rt->shutdown_lock, NULL);
     atomic_init(&rt->n_searching, 0);

@@ -3,6 +3,7 @@
  * Theory of operation in task.h. */
 #include "sched/task.h"
 
+#include <limits.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -36,67 +37,146 @@ __attribute__((noinline)) static void set_current_task(weft_task_t *t)
 
 /* ---- task sets ----------------------------------------------------------- */
 
-void weft__task_set_init(weft_task_set_t *s)
+/* Which shard a thread adds to: threads are numbered round-robin on first
+ * use, so workers (and most foreign threads) get shards of their own. */
+static atomic_uint next_shard_hint;
+static _Thread_local unsigned tls_shard_hint = UINT_MAX;
+
+static weft_task_shard_t *pick_shard(weft_task_set_t *s)
 {
-    pthread_mutex_init(&s->lock, NULL);
+    if (tls_shard_hint == UINT_MAX)
+        tls_shard_hint =
+            atomic_fetch_add_explicit(&next_shard_hint, 1, memory_order_relaxed) & (UINT_MAX >> 1);
+    return &s->shards[tls_shard_hint % s->nshards];
+}
+
+void weft__task_set_init(weft_task_set_t *s, unsigned nshards)
+{
+    if (nshards == 0)
+        nshards = 1;
+    if (nshards > WEFT__TASK_SHARDS_MAX)
+        nshards = WEFT__TASK_SHARDS_MAX;
+    s->nshards = nshards;
+    for (unsigned i = 0; i < WEFT__TASK_SHARDS_MAX; i++) {
+        pthread_mutex_init(&s->shards[i].lock, NULL);
+        s->shards[i].head = NULL;
+        s->shards[i].count = 0;
+    }
+    atomic_init(&s->waiting, false);
+    pthread_mutex_init(&s->empty_lock, NULL);
     pthread_cond_init(&s->empty, NULL);
-    s->head = NULL;
-    s->count = 0;
 }
 
 void weft__task_set_destroy(weft_task_set_t *s)
 {
-    WEFT_ASSERT(s->count == 0);
+    for (unsigned i = 0; i < WEFT__TASK_SHARDS_MAX; i++) {
+        WEFT_ASSERT(s->shards[i].count == 0);
+        pthread_mutex_destroy(&s->shards[i].lock);
+    }
     pthread_cond_destroy(&s->empty);
-    pthread_mutex_destroy(&s->lock);
+    pthread_mutex_destroy(&s->empty_lock);
 }
 
 static void set_add(weft_task_set_t *s, weft_task_t *t)
 {
-    pthread_mutex_lock(&s->lock);
+    weft_task_shard_t *sh = pick_shard(s);
+    pthread_mutex_lock(&sh->lock);
     t->set = s;
+    t->shard = sh;
     t->set_prev = NULL;
-    t->set_next = s->head;
-    if (s->head != NULL)
-        s->head->set_prev = t;
-    s->head = t;
-    s->count++;
-    pthread_mutex_unlock(&s->lock);
+    t->set_next = sh->head;
+    if (sh->head != NULL)
+        sh->head->set_prev = t;
+    sh->head = t;
+    sh->count++;
+    pthread_mutex_unlock(&sh->lock);
 }
 
 static void set_remove(weft_task_t *t)
 {
     weft_task_set_t *s = t->set;
-    pthread_mutex_lock(&s->lock);
+    weft_task_shard_t *sh = t->shard;
+    pthread_mutex_lock(&sh->lock);
     if (t->set_prev != NULL)
         t->set_prev->set_next = t->set_next;
     else
-        s->head = t->set_next;
+        sh->head = t->set_next;
     if (t->set_next != NULL)
         t->set_next->set_prev = t->set_prev;
     t->set_prev = t->set_next = NULL;
-    if (--s->count == 0)
+    bool now_empty = --sh->count == 0;
+    pthread_mutex_unlock(&sh->lock);
+    /* seq_cst pairs with the waiter's store of `waiting` and its reads of
+     * the shard counts: either it sees this shard empty, or we see it
+     * waiting and signal under empty_lock, which it holds from its check
+     * until it sleeps. */
+    if (now_empty && atomic_load_explicit(&s->waiting, memory_order_seq_cst)) {
+        pthread_mutex_lock(&s->empty_lock);
         pthread_cond_broadcast(&s->empty);
-    pthread_mutex_unlock(&s->lock);
+        pthread_mutex_unlock(&s->empty_lock);
+    }
+}
+
+/* Visit every task of s under its shard's lock; fn must not take a shard
+ * lock or free tasks. */
+static void set_for_each(weft_task_set_t *s, void (*fn)(weft_task_t *t, void *arg), void *arg)
+{
+    for (unsigned i = 0; i < s->nshards; i++) {
+        weft_task_shard_t *sh = &s->shards[i];
+        pthread_mutex_lock(&sh->lock);
+        for (weft_task_t *t = sh->head; t != NULL; t = t->set_next)
+            fn(t, arg);
+        pthread_mutex_unlock(&sh->lock);
+    }
+}
+
+static bool set_empty(weft_task_set_t *s)
+{
+    for (unsigned i = 0; i < s->nshards; i++) {
+        weft_task_shard_t *sh = &s->shards[i];
+        pthread_mutex_lock(&sh->lock);
+        size_t n = sh->count;
+        pthread_mutex_unlock(&sh->lock);
+        if (n != 0)
+            return false;
+    }
+    return true;
+}
+
+/* Any task of s, or NULL when it is empty. */
+static weft_task_t *set_any(weft_task_set_t *s)
+{
+    for (unsigned i = 0; i < s->nshards; i++) {
+        weft_task_shard_t *sh = &s->shards[i];
+        pthread_mutex_lock(&sh->lock);
+        weft_task_t *t = sh->head;
+        pthread_mutex_unlock(&sh->lock);
+        if (t != NULL)
+            return t;
+    }
+    return NULL;
+}
+
+static void cancel_visit(weft_task_t *t, void *arg)
+{
+    weft_task_cancel(t, arg);
 }
 
 void weft__task_set_cancel_all(weft_task_set_t *s, const char *msg)
 {
-    /* weft_task_cancel takes no set lock and never frees, so calling it
-     * under the set lock is safe and keeps every visited task alive. */
-    pthread_mutex_lock(&s->lock);
-    for (weft_task_t *t = s->head; t != NULL; t = t->set_next)
-        weft_task_cancel(t, msg);
-    pthread_mutex_unlock(&s->lock);
+    /* weft_task_cancel takes no shard lock and never frees, so calling it
+     * under the shard lock is safe and keeps every visited task alive. */
+    set_for_each(s, cancel_visit, (void *)msg);
 }
 
 int weft__task_set_wait_empty(weft_task_set_t *s, int64_t deadline_ns)
 {
     int rc = 0;
-    pthread_mutex_lock(&s->lock);
-    while (s->count != 0 && rc == 0) {
+    pthread_mutex_lock(&s->empty_lock);
+    atomic_store_explicit(&s->waiting, true, memory_order_seq_cst);
+    while (!set_empty(s)) {
         if (deadline_ns < 0) {
-            pthread_cond_wait(&s->empty, &s->lock);
+            pthread_cond_wait(&s->empty, &s->empty_lock);
             continue;
         }
         /* The condvar uses CLOCK_REALTIME; convert the remaining time. */
@@ -110,9 +190,10 @@ int weft__task_set_wait_empty(weft_task_set_t *s, int64_t deadline_ns)
         int64_t abs_ns = (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec + left;
         ts.tv_sec = (time_t)(abs_ns / 1000000000);
         ts.tv_nsec = (long)(abs_ns % 1000000000);
-        pthread_cond_timedwait(&s->empty, &s->lock, &ts);
+        pthread_cond_timedwait(&s->empty, &s->empty_lock, &ts);
     }
-    pthread_mutex_unlock(&s->lock);
+    atomic_store_explicit(&s->waiting, false, memory_order_relaxed);
+    pthread_mutex_unlock(&s->empty_lock);
     return rc;
 }
 
@@ -174,9 +255,7 @@ size_t weft__task_set_abandon(weft_task_set_t *s)
 {
     size_t n = 0;
     for (;;) {
-        pthread_mutex_lock(&s->lock);
-        weft_task_t *t = s->head;
-        pthread_mutex_unlock(&s->lock);
+        weft_task_t *t = set_any(s);
         if (t == NULL)
             return n;
         /* Never resumed again: its frames are dropped without unwinding,
@@ -721,22 +800,29 @@ int weft_task_set_name(weft_task_t *t, const char *name)
     return 0;
 }
 
+typedef struct all_visit {
+    weft_task_visit_fn fn;
+    void *arg;
+    int n;
+} all_visit_t;
+
+static void all_visit(weft_task_t *t, void *arg)
+{
+    all_visit_t *v = arg;
+    /* A finished task stays in the set for the moment between completing
+     * its future and leaving the set; whoever saw the future done must not
+     * meet it here (asyncio skips done tasks). */
+    if (weft_future_done(&t->fut))
+        return;
+    v->fn(t, v->arg);
+    v->n++;
+}
+
 int weft_all_tasks(weft_runtime_t *rt, weft_task_visit_fn fn, void *arg)
 {
     if (rt == NULL || fn == NULL)
         return -EINVAL;
-    int n = 0;
-    weft_task_set_t *s = &rt->tasks;
-    pthread_mutex_lock(&s->lock);
-    for (weft_task_t *t = s->head; t != NULL; t = t->set_next) {
-        /* A finished task stays in the set for the moment between
-         * completing its future and leaving the set; whoever saw the
-         * future done must not meet it here (asyncio skips done tasks). */
-        if (weft_future_done(&t->fut))
-            continue;
-        fn(t, arg);
-        n++;
-    }
-    pthread_mutex_unlock(&s->lock);
-    return n;
+    all_visit_t v = {fn, arg, 0};
+    set_for_each(&rt->tasks, all_visit, &v);
+    return v.n;
 }

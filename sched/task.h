@@ -58,12 +58,31 @@ enum {
 struct weft_runtime;
 struct weft_worker;
 
-/* Tasks that have not finished, for weft_all_tasks and for shutdown. */
-typedef struct weft_task_set {
+/* Tasks that have not finished, for weft_all_tasks and for shutdown.
+ * Sharded: a task joins the shard of the thread that creates it and
+ * leaves it from whichever thread finishes it, so workers spawning and
+ * finishing tasks in parallel rarely meet on one lock (a single set lock
+ * was the hottest spot of a spawn storm).  Each shard keeps its own count;
+ * the set has no global counter for the same reason. */
+#define WEFT__TASK_SHARDS_MAX 16u
+
+typedef struct weft_task_shard {
     pthread_mutex_t lock;
     struct weft_task *head;
     size_t count;
-    pthread_cond_t empty; /* signalled when count drops to 0 */
+    /* 128 bytes a shard: with the 16-byte alignment malloc gives, the
+     * used part of two shards never shares a 64-byte cache line. */
+    char pad[128 - sizeof(pthread_mutex_t) - 2 * sizeof(void *)];
+} weft_task_shard_t;
+
+typedef struct weft_task_set {
+    weft_task_shard_t shards[WEFT__TASK_SHARDS_MAX];
+    unsigned nshards;
+    /* A shard that drops to empty while someone waits signals `empty`
+     * under empty_lock (weft__task_set_wait_empty). */
+    atomic_bool waiting;
+    pthread_mutex_t empty_lock;
+    pthread_cond_t empty;
 } weft_task_set_t;
 
 struct weft_task {
@@ -90,7 +109,8 @@ struct weft_task {
     char *cancel_msg;        /* first request's message, under fut.lock */
     char *name;
     uint64_t id;
-    weft_task_set_t *set; /* the set it is registered in */
+    weft_task_set_t *set;     /* the set it is registered in */
+    weft_task_shard_t *shard; /* and the shard of that set */
     struct weft_task *set_prev, *set_next;
     /* While suspended holding something its frames would release on the
      * way out (a waiter node on its own stack linked into a future, a
@@ -106,7 +126,9 @@ static inline weft_task_t *weft__task_of_runnable(weft_runnable_t *r)
     return (weft_task_t *)((char *)r - offsetof(weft_task_t, run));
 }
 
-void weft__task_set_init(weft_task_set_t *s);
+/* nshards: 1 for a standalone loop, the worker count for a runtime
+ * (capped at WEFT__TASK_SHARDS_MAX). */
+void weft__task_set_init(weft_task_set_t *s, unsigned nshards);
 void weft__task_set_destroy(weft_task_set_t *s);
 
 /* Request cancellation of every task in s (shutdown). */
