@@ -107,7 +107,8 @@ struct weft_task {
     atomic_int cancel_count; /* cancelling() */
     atomic_bool must_cancel; /* a request not yet delivered */
     char *cancel_msg;        /* first request's message, under fut.lock */
-    char *name;
+    char *name;              /* name_buf, or a heap copy (weft__free unless == name_buf) */
+    char name_buf[26];       /* "Task-<id>" without snprintf or an allocation */
     uint64_t id;
     weft_task_set_t *set;     /* the set it is registered in */
     weft_task_shard_t *shard; /* and the shard of that set */
