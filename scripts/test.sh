@@ -2,15 +2,16 @@
 # weft's full check, as CI runs it (.ci/run).  Works from any directory.
 #
 #   format   scripts/format.sh --check                        (one item)
-#   A        gcc, build/, RelWithDebInfo, -Werror, jemalloc   ctest
+#   A        gcc, build/, RelWithDebInfo, -Werror, jemalloc   ctest + bench smoke
 #   B        clang, build-tsan/, ThreadSanitizer, -Werror     ctest + stress
 #   C        gcc, build-asan/, AddressSanitizer + UBSan       ctest
 #   U        gcc, build-ucontext/, WEFT_CORO=ucontext         ctest
 #   R        aarch64 cross build under qemu-user              one item
 #
-# Every ctest test, every stress run, the format check and every failed
-# configure or build counts as one item.  The last line printed is exactly
-# "N passed, N failed"; the exit status is non-zero if anything failed.
+# Every ctest test, every stress run, every weft-bench smoke run, the format
+# check and every failed configure or build counts as one item.  The last
+# line printed is exactly "N passed, N failed"; the exit status is non-zero
+# if anything failed.
 #
 # Knobs (environment):
 #   WEFT_TEST_QUICK=1       skip builds B, C, U and R (local iteration)
@@ -194,6 +195,31 @@ run_stress() {
     done
 }
 
+# run_bench_smoke DIR : each workload of DIR/bench/weft-bench, run once at
+# its tiny smoke size (BENCH_SMOKE=1), is one item: a check that its
+# self-check passes, not a measurement (scripts/bench.sh measures).  A
+# workload weft-bench reports as skipped is printed, not counted.
+run_bench_smoke() {
+    local exe=$1/bench/weft-bench w rc out
+    if [[ ! -x $exe ]]; then
+        if compgen -G 'bench/*.c' >/dev/null; then
+            fail "weft-bench (not built)"
+        fi
+        return 0
+    fi
+    weft_log "weft-bench smoke run: BENCH_SMOKE=1, each workload once"
+    for w in W1 W2 W3 W4 W5 W6 W7 W8 W9 W10 W11; do
+        rc=0
+        out=$(BENCH_SMOKE=1 BENCH_WORKERS=2 timeout 60 "$exe" "$w" 2>&1) || rc=$?
+        printf '%s\n' "$out"
+        if ((rc != 0)); then
+            fail "weft-bench $w (smoke run exited $rc)"
+        elif [[ $out != *" skipped "* ]]; then
+            pass
+        fi
+    done
+}
+
 # ---------------------------------------------------------------------------
 # Phases
 # ---------------------------------------------------------------------------
@@ -213,6 +239,7 @@ if configure_and_build build gcc \
     -DWEFT_ALLOCATOR=jemalloc -DWEFT_BUILD_TESTS=ON -DWEFT_BUILD_STRESS=ON \
     -DWEFT_BUILD_EXAMPLES=ON -DWEFT_BUILD_BENCH=ON; then
     run_ctest build
+    run_bench_smoke build
 fi
 
 if [[ $QUICK == 1 ]]; then
