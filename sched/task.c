@@ -405,7 +405,11 @@ static weft_stack_cache_t *loop_stacks(weft_loop_t *loop)
 
 void weft__task_resume(weft_task_t *t, weft_loop_t *loop)
 {
-    atomic_exchange_explicit(&t->state, WEFT__T_RUNNING, memory_order_acq_rel);
+    /* A task requeued by a yield kept RUNNING: if nobody woke it since,
+     * there is nothing to clear and the acquire load is enough (locked
+     * RMWs were most of the cost of a yield). */
+    if (atomic_load_explicit(&t->state, memory_order_acquire) != WEFT__T_RUNNING)
+        atomic_exchange_explicit(&t->state, WEFT__T_RUNNING, memory_order_acq_rel);
     if (!t->has_stack) {
         /* A stack is taken at first run, not at spawn (DESIGN.md). */
         int rc = weft__stack_alloc_ex(loop_stacks(loop), t->stack_size, weft_loop_get_debug(loop),
@@ -441,8 +445,9 @@ void weft__task_resume(weft_task_t *t, weft_loop_t *loop)
         return;
     }
     if (t->yielding) {
+        /* Queued again with RUNNING kept (task.h): a wake meanwhile only
+         * sets NOTIFIED, which the next resume clears. */
         t->yielding = false;
-        atomic_exchange_explicit(&t->state, WEFT__T_SCHEDULED, memory_order_acq_rel);
         enqueue(t, ENQ_REQUEUE);
         return;
     }
@@ -463,6 +468,12 @@ static void suspend(weft_task_t *t)
 
 static bool take_cancel(weft_task_t *t)
 {
+    /* The plain load spares the common case a locked RMW.  A request
+     * that raced past it is delivered at the next suspension point; one
+     * whose wake resumed us is visible here (the wake's RMW on `state`
+     * ordered it before our resume). */
+    if (!atomic_load_explicit(&t->must_cancel, memory_order_relaxed))
+        return false;
     return atomic_exchange_explicit(&t->must_cancel, false, memory_order_acq_rel);
 }
 

@@ -9,6 +9,10 @@
  *   RUNNING   some thread is executing it (or is about to switch in)
  *   RUNNING|NOTIFIED  woken while running: the resumer queues it again as
  *             soon as it has switched out
+ *   RUNNING (queued)  requeued by its resumer after weft_yield: the state
+ *             stays RUNNING while it waits in a queue, so a wake meanwhile
+ *             only adds NOTIFIED (it never queues it twice) and the next
+ *             resume, finding plain RUNNING, needs no RMW
  *   DONE      finished; never queued again
  *
  *   wake():    old = fetch_or(NOTIFIED): old IDLE -> it is now SCHEDULED and
@@ -17,7 +21,8 @@
  *              wake is an RMW, so it sits in the release sequence that the
  *              resumer's exchange reads: whatever the waker did before (say,
  *              completing the awaited future) is visible to the task.
- *   resume():  exchange(RUNNING), by the thread that dequeued it.
+ *   resume():  exchange(RUNNING), by the thread that dequeued it (a
+ *              load-acquire when it already reads plain RUNNING).
  *   after the switch back:  CAS RUNNING -> IDLE, or, when NOTIFIED was
  *              set meanwhile, exchange(SCHEDULED) and queue it.
  *
