@@ -49,6 +49,7 @@
 #include <stdatomic.h>
 
 #include "sched/common.h"
+#include "sched/context.h"
 #include "weft/loop.h"
 
 /* asyncio caps its default pool at min(32, cpus + 4) because Python
@@ -63,6 +64,7 @@ typedef struct job {
     void *arg;
     weft_future_t *f; /* the executor's own reference */
     uint64_t seq;
+    weft__context_t *ctx; /* the submitter's task context (a reference), or NULL */
 } job_t;
 
 struct weft_executor {
@@ -204,16 +206,21 @@ static void run_job(job_t *j)
     weft_fn fn = j->fn;
     void *arg = j->arg;
     weft_future_t *f = j->f;
+    weft__context_t *ctx = j->ctx;
     weft__free(j);
     /* A future done before its job starts was cancelled (or completed by
      * its owner): the call is skipped, asyncio's rule for a cancelled
      * run_in_executor future still in the queue. */
     if (!weft_future_done(f)) {
         void *result = NULL;
+        /* fn sees its submitter's task context (weft_context_get). */
+        weft__context_set_thread(ctx);
         int rc = fn(arg, &result); /* a statement of its own: fn must run before result is read */
+        weft__context_set_thread(NULL);
         complete(f, rc, result);
     }
     weft_future_release(f);
+    weft__context_release(ctx);
 }
 
 static struct timespec deadline_after(int64_t ns)
@@ -347,6 +354,7 @@ static int spawn_failed(weft_executor_t *ex, uint64_t seq, int err)
         else
             (void)weft_future_set_error(j->f, -err, NULL);
         weft_future_release(j->f);
+        weft__context_release(j->ctx);
         weft__free(j);
     }
     return rc;
@@ -365,6 +373,7 @@ int weft__executor_submit(weft_executor_t *ex, weft_fn fn, void *arg, weft_futur
     j->fn = fn;
     j->arg = arg;
     j->f = f;
+    j->ctx = NULL;
 
     pthread_mutex_lock(&ex->lock);
     if (ex->closed) {
@@ -372,6 +381,8 @@ int weft__executor_submit(weft_executor_t *ex, weft_fn fn, void *arg, weft_futur
         weft__free(j);
         return WEFT_ECLOSED;
     }
+    /* contextvars: the call runs with a copy of the submitter's values. */
+    j->ctx = weft__context_retain(weft__context_current());
     /* Taken before the job is visible: a pool thread may complete f and
      * drop this reference as soon as the lock is released. */
     weft_future_retain(f);

@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "sched/common.h"
+#include "sched/context.h"
 #include "sched/executor.h"
 #include "sched/loop.h"
 #include "sched/worker.h"
@@ -230,8 +231,21 @@ static void complete_task(weft_task_t *t)
 {
     atomic_store_explicit(&t->state, WEFT__T_DONE, memory_order_release);
     bool undelivered = atomic_exchange_explicit(&t->must_cancel, false, memory_order_acq_rel);
-    if (undelivered || t->rc == WEFT_ECANCELED) {
-        weft_future_cancel(&t->fut, t->cancel_msg);
+    /* Its values go now, not with the last reference to the task. */
+    weft__context_release(t->ctx);
+    t->ctx = NULL;
+    /* asyncio: a coroutine that returns normally while a request is still
+     * undelivered ends cancelled ("cancelled right before it stopped");
+     * one that fails keeps its error. */
+    if (t->rc == WEFT_ECANCELED || (t->rc == 0 && undelivered)) {
+        /* Taken under the lock: a weft_task_cancel that passed its DONE
+         * check before the store above may still replace the message. */
+        pthread_mutex_lock(&t->fut.lock);
+        char *msg = t->cancel_msg;
+        t->cancel_msg = NULL;
+        pthread_mutex_unlock(&t->fut.lock);
+        weft_future_cancel(&t->fut, msg);
+        weft__free(msg);
     } else if (t->rc == 0) {
         weft_future_set_result(&t->fut, t->result);
     } else if (t->rc < 0) {
@@ -266,10 +280,17 @@ size_t weft__task_set_abandon(weft_task_set_t *s)
             t->park_unlink(t->park_node, t->park_where);
             t->park_unlink = NULL;
         }
+        while (t->scopes != NULL) {
+            weft__scope_t *sc = t->scopes;
+            t->scopes = sc->outer;
+            sc->abandon(sc);
+        }
         release_stack(t, NULL);
         t->rc = WEFT_ECANCELED;
+        pthread_mutex_lock(&t->fut.lock);
         if (t->cancel_msg == NULL)
             t->cancel_msg = weft__strdup("task abandoned at shutdown");
+        pthread_mutex_unlock(&t->fut.lock);
         complete_task(t);
         n++;
     }
@@ -384,11 +405,16 @@ void weft__task_wake(weft_task_t *t)
         enqueue(t, ENQ_WAKE);
 }
 
+static bool take_cancel(weft_task_t *t);
+
 static void task_entry(void *arg)
 {
     weft_task_t *t = arg;
     void *result = NULL;
-    int rc = t->fn(t->arg, &result);
+    /* asyncio throws CancelledError into a coroutine cancelled before its
+     * first step, so its body never runs: work cancelled before it
+     * started (say, by wait_for with a zero timeout) never starts. */
+    int rc = take_cancel(t) ? WEFT_ECANCELED : t->fn(t->arg, &result);
     t->rc = rc;
     t->result = result;
     t->finished = true;
@@ -527,6 +553,9 @@ int weft_task_create(weft_fn fn, void *arg, const weft_spawn_opts_t *opts, weft_
     int rc = weft__task_new(fn, arg, opts, rt, home, future_loop, &t);
     if (rc != 0)
         return rc;
+    /* contextvars: a task starts with its spawner's values (shared until
+     * either side sets one: sched/context.h). */
+    t->ctx = weft__context_retain(weft__context_current());
     if (out != NULL) {
         weft_future_retain(&t->fut);
         *out = t;
@@ -634,33 +663,38 @@ int weft_await(weft_future_t *f, void **result)
      * delivered here. */
     if (weft_future_done(f))
         return outcome(f, result);
-    if (take_cancel(t))
-        return WEFT_ECANCELED;
     weft_waiter_t w = {.wake = waiter_wake, .ctx = t};
     if (!weft__future_add_waiter(f, &w))
         return outcome(f, result);
     t->park_unlink = waiter_unlink;
     t->park_node = &w;
     t->park_where = f;
-    bool forwarded = false;
+    weft_task_t *inner = is_task_future(f) ? (weft_task_t *)f : NULL;
+    /* A request pending on entry is handled like one that arrives while
+     * suspended (asyncio cancels the awaited future at once). */
     for (;;) {
+        if (take_cancel(t)) {
+            /* asyncio: the awaited future is cancelled along.  A task is
+             * only asked to cancel, and waited for: its outcome (often,
+             * but not always, WEFT_ECANCELED) is this await's.  If it is
+             * already done the request stays ours: WEFT_ECANCELED. */
+            char *msg = weft__task_cancel_msg_dup(t);
+            bool forwarded = inner != NULL && weft_task_cancel(inner, msg) == 1;
+            if (!forwarded) {
+                t->park_unlink = NULL;
+                weft__future_remove_waiter(f, &w);
+                if (inner == NULL)
+                    weft_future_cancel(f, msg);
+                weft__free(msg);
+                return WEFT_ECANCELED;
+            }
+            weft__free(msg);
+        }
         suspend(t);
+        /* Completion first: a request that arrives together with it stays
+         * pending for the next suspension point. */
         if (weft_future_done(f))
             break;
-        if (take_cancel(t)) {
-            if (is_task_future(f)) {
-                /* asyncio: cancelling a task that awaits another task
-                 * cancels the inner one and waits for it to finish. */
-                if (!forwarded)
-                    weft_task_cancel((weft_task_t *)f, t->cancel_msg);
-                forwarded = true;
-                continue;
-            }
-            t->park_unlink = NULL;
-            weft__future_remove_waiter(f, &w);
-            weft_future_cancel(f, t->cancel_msg);
-            return WEFT_ECANCELED;
-        }
     }
     /* Completion unlinked w; taking the lock also waits until the
      * completer is done with it. */
@@ -770,17 +804,44 @@ int weft_task_cancel(weft_task_t *t, const char *msg)
         return -EINVAL;
     if (atomic_load_explicit(&t->state, memory_order_acquire) & WEFT__T_DONE)
         return 0;
-    if (msg != NULL) {
-        pthread_mutex_lock(&t->fut.lock);
-        if (t->cancel_msg == NULL)
-            t->cancel_msg = weft__strdup(msg); /* best effort: NULL keeps no message */
-        pthread_mutex_unlock(&t->fut.lock);
+    char *copy = msg != NULL ? weft__strdup(msg) : NULL; /* best effort: NULL keeps none */
+    pthread_mutex_lock(&t->fut.lock);
+    /* While a request is pending its first message stays; a request made
+     * after the last one was delivered (or withdrawn) brings its own. */
+    if (!atomic_load_explicit(&t->must_cancel, memory_order_relaxed) || t->cancel_msg == NULL) {
+        char *old = t->cancel_msg;
+        t->cancel_msg = copy;
+        copy = old;
     }
     atomic_fetch_add_explicit(&t->cancel_count, 1, memory_order_relaxed);
-    /* release: pairs with the acquire exchange in take_cancel(). */
+    /* release: publishes the message and the count to the acquire
+     * exchange in take_cancel(). */
     atomic_store_explicit(&t->must_cancel, true, memory_order_release);
+    pthread_mutex_unlock(&t->fut.lock);
+    weft__free(copy);
     weft__task_wake(t);
     return 1;
+}
+
+char *weft__task_cancel_msg_dup(weft_task_t *t)
+{
+    pthread_mutex_lock(&t->fut.lock);
+    char *m = t->cancel_msg != NULL ? weft__strdup(t->cancel_msg) : NULL;
+    pthread_mutex_unlock(&t->fut.lock);
+    return m;
+}
+
+weft_task_t *weft__task_of_future(weft_future_t *f)
+{
+    return f != NULL && is_task_future(f) ? (weft_task_t *)f : NULL;
+}
+
+bool weft__future_cancel_any(weft_future_t *f, const char *msg)
+{
+    weft_task_t *t = weft__task_of_future(f);
+    if (t != NULL)
+        return weft_task_cancel(t, msg) == 1;
+    return weft_future_cancel(f, msg);
 }
 
 int weft_task_cancelling(const weft_task_t *t)

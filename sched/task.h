@@ -111,7 +111,8 @@ struct weft_task {
     weft_handle_t post_h;    /* EMBED handle: resume through home's ready FIFO */
     atomic_int cancel_count; /* cancelling() */
     atomic_bool must_cancel; /* a request not yet delivered */
-    char *cancel_msg;        /* first request's message, under fut.lock */
+    char *cancel_msg;        /* the pending request's message, else the last delivered
+                                one's (weft_task_cancel); under fut.lock */
     char *name;              /* name_buf, or a heap copy (weft__free unless == name_buf) */
     char name_buf[26];       /* "Task-<id>" without snprintf or an allocation */
     uint64_t id;
@@ -125,6 +126,13 @@ struct weft_task {
      * before the stack is freed, when the task will never run again. */
     void (*park_unlink)(void *node, void *where);
     void *park_node, *park_where;
+    /* Timeout scopes entered and not yet exited, innermost first.  Only
+     * the task itself links and unlinks them (weft__task_set_abandon
+     * undoes them for a task that never runs again). */
+    struct weft__scope *scopes;
+    /* Task-local values (sched/context.h), NULL when empty.  Read and
+     * replaced by the task itself; released when it finishes. */
+    struct weft__context *ctx;
 };
 
 static inline weft_task_t *weft__task_of_runnable(weft_runnable_t *r)
@@ -193,5 +201,27 @@ void weft__task_suspend(weft_task_t *t);
 bool weft__task_take_cancel(weft_task_t *t);
 void weft__task_park_undo(weft_task_t *t, void (*unlink)(void *node, void *where), void *node,
                           void *where);
+
+/* ---- for cancellation scopes and combinators (sched/cancel.c, ...) ---- */
+
+/* Something a task entered and must leave before it ends (a timeout
+ * scope).  If the task is abandoned (never resumed again), `abandon` is
+ * called instead of the normal exit, innermost scope first. */
+typedef struct weft__scope {
+    struct weft__scope *outer;
+    void (*abandon)(struct weft__scope *s);
+} weft__scope_t;
+
+/* f's task when f is a task's future, else NULL.  Thread: any. */
+weft_task_t *weft__task_of_future(weft_future_t *f);
+
+/* Cancel what f stands for: a task gets a cancellation request
+ * (weft_task_cancel), a plain future is cancelled.  true if f was not done
+ * (the request was made / the future was cancelled).  Thread: any. */
+bool weft__future_cancel_any(weft_future_t *f, const char *msg);
+
+/* A copy of t's cancel message (see cancel_msg above), NULL if it has
+ * none or memory ran out; weft__free it.  Thread: any. */
+char *weft__task_cancel_msg_dup(weft_task_t *t);
 
 #endif /* WEFT_SCHED_TASK_H */

@@ -120,6 +120,41 @@ WEFT_API int weft_task_create(weft_fn fn, void *arg, const weft_spawn_opts_t *op
 WEFT_API int weft_eager_task_factory(weft_fn fn, void *arg, const weft_spawn_opts_t *opts,
                                      weft_task_t **out, void *factory_arg);
 
+/* ---- task context (asyncio's contextvars) ---------------------------------
+ *
+ * Task-local values by key.  A task spawned from a task starts with a copy
+ * of its spawner's values, and so does a call submitted to an executor
+ * from a task (weft_to_thread, weft_run_in_executor): later sets on either
+ * side are not seen by the other.  A task spawned from a loop callback or
+ * a plain thread starts empty.  The context owns each value set in it:
+ * the key's destroy function (if any) is called once no context holds the
+ * value any more — when it is replaced or unset and no copy shares it,
+ * or when the last task or call holding it finishes — on whatever thread
+ * that happens. */
+typedef struct weft_context_key weft_context_key_t;
+
+/* A new key (asyncio.ContextVar).  destroy may be NULL.
+ * Returns 0, -EINVAL (out NULL), -ENOMEM.  Thread: any.  Suspends: no. */
+WEFT_API int weft_context_key_new(void (*destroy)(void *value), weft_context_key_t **out);
+
+/* Free a key.  Values already set under it stay until their contexts let
+ * go of them (their destroy function is still called).  NULL is ignored.
+ * Thread: any, once no one uses the key.  Suspends: no. */
+WEFT_API void weft_context_key_free(weft_context_key_t *key);
+
+/* Set the current task's value for key; NULL unsets it.  Setting the
+ * value it already has changes nothing.  On error the value is not taken
+ * (destroy is not called for it).
+ * Returns 0, -EINVAL (key NULL), -ENOMEM, -EPERM (not in a task).
+ * Thread: inside a task.  Suspends: no. */
+WEFT_API int weft_context_set(weft_context_key_t *key, void *value);
+
+/* The value for key in the current task's context (or, on an executor
+ * thread, in the context of the call it runs); NULL when unset, for NULL,
+ * and outside tasks and executor calls.
+ * Thread: any.  Suspends: no. */
+WEFT_API void *weft_context_get(weft_context_key_t *key);
+
 #ifdef __cplusplus
 }
 #endif
