@@ -83,7 +83,8 @@ note() {
 weft_install_deps
 weft_log "configure $BUILD_DIR (Release)"
 cmake -S . -B "$BUILD_DIR" -DCMAKE_BUILD_TYPE=Release -DWEFT_BUILD_BENCH=ON \
-    -DWEFT_BUILD_TESTS=OFF -DWEFT_BUILD_STRESS=OFF -DWEFT_BUILD_EXAMPLES=OFF >/dev/null
+    -DWEFT_BUILD_TESTS=OFF -DWEFT_BUILD_STRESS=OFF -DWEFT_BUILD_EXAMPLES=OFF -DWEFT_WERROR=OFF \
+    -DWEFT_SANITIZE=none -DWEFT_ALLOCATOR=jemalloc -DWEFT_ASSERTS=OFF >/dev/null
 weft_log "build $BUILD_DIR"
 cmake --build "$BUILD_DIR" -j2 --target weft-bench >/dev/null
 BENCH_BIN=$BUILD_DIR/bench/weft-bench
@@ -328,6 +329,10 @@ report_tables() {
 weft_failed=()
 declare -A weft_skips=()
 started=$(date +%s)
+load_start=$(cut -d' ' -f1-3 /proc/loadavg)
+if awk -v l="${load_start%% *}" 'BEGIN { exit !(l > 0.5) }'; then
+    weft_warn "load average $load_start: other work on this machine will skew the figures"
+fi
 for ((sweep = 1; sweep <= SWEEPS; sweep++)); do
     weft_log "sweep $sweep of $SWEEPS: ${workloads[*]}"
     for w in "${workloads[@]}"; do
@@ -354,6 +359,7 @@ for ((sweep = 1; sweep <= SWEEPS; sweep++)); do
     done
 done
 elapsed=$(($(date +%s) - started))
+load_end=$(cut -d' ' -f1-3 /proc/loadavg)
 
 # ---------------------------------------------------------------------------
 # The report
@@ -380,6 +386,7 @@ peers of \`../shared/peers/\` in the same run on the same machine.
 |---|---|
 | date | $(date -u '+%Y-%m-%d %H:%M UTC') |
 | machine | $(nproc) CPUs ($cpu), $mem_gib GiB RAM, $(uname -sr) |
+| load average | $load_start at the start, $load_end at the end (1, 5, 15 min; anything above 0 is other work competing for the CPUs) |
 | weft | commit $commit; Release build; $(gcc --version | head -n 1); jemalloc $(pkg-config --modversion jemalloc 2>/dev/null || printf '?') |
 | peers | $peer_versions |
 | command | \`BENCH_WORKERS=$WORKERS BENCH_SWEEPS=$SWEEPS scripts/bench.sh${ORIG_ARGS[*]:+ ${ORIG_ARGS[*]}}\` ($elapsed s) |
