@@ -14,6 +14,11 @@
  * W7 adds p50_us/p99_us (nearest rank, over that median round's calls), W11
  * rss_per_task_bytes.  A wrong result prints "weft <Wn>: FAIL: ..." on
  * stderr and exits 1; bad arguments exit 2.
+ *
+ * BENCH_STATS=1 also prints, on stderr, what each worker and its loop did
+ * during a workload's rounds (weft_runtime_worker_stats and
+ * weft_loop_get_stats, summed over warm-up and timed rounds): the first
+ * thing to look at when a figure is off (docs/performance.md).
  */
 #include <errno.h>
 #include <stdarg.h>
@@ -222,6 +227,42 @@ static void report(const bench_workload_t *w, unsigned workers, bench_round_t *r
     r->lat_ns = NULL;
 }
 
+/* ---- BENCH_STATS=1 ------------------------------------------------------ */
+
+typedef struct stats_snap {
+    weft_worker_stats_t w;
+    weft_loop_stats_t l;
+} stats_snap_t;
+
+static void stats_take(stats_snap_t *out, unsigned workers)
+{
+    for (unsigned i = 0; i < workers; i++) {
+        memset(&out[i], 0, sizeof out[i]);
+        (void)weft_runtime_worker_stats(bench_rt, i, &out[i].w);
+        (void)weft_loop_get_stats(weft_runtime_loop(bench_rt, i), &out[i].l);
+    }
+}
+
+#define D(field) (unsigned long long)(after[i].field - before[i].field)
+
+static void stats_print(const char *id, const stats_snap_t *before, const stats_snap_t *after,
+                        unsigned workers)
+{
+    for (unsigned i = 0; i < workers; i++) {
+        fprintf(stderr,
+                "# %s %s worker %u: tasks_run=%llu lifo_runs=%llu steals=%llu stolen_tasks=%llu "
+                "inject_pops=%llu parks=%llu eventfd_writes=%llu | loop: iterations=%llu "
+                "callbacks_run=%llu sleeps=%llu wakeups=%llu threadsafe_calls=%llu "
+                "timers_fired=%llu timers_cancelled=%llu\n",
+                RUNTIME_NAME, id, i, D(w.tasks_run), D(w.lifo_runs), D(w.steals), D(w.stolen_tasks),
+                D(w.inject_pops), D(w.parks), D(w.eventfd_writes), D(l.iterations),
+                D(l.callbacks_run), D(l.sleeps), D(l.wakeups), D(l.threadsafe_calls),
+                D(l.timers_fired), D(l.timers_cancelled));
+    }
+}
+
+#undef D
+
 /* ---- arguments ----------------------------------------------------------- */
 
 static void usage(void)
@@ -296,6 +337,18 @@ int main(int argc, char **argv)
     }
     workers = weft_runtime_workers(bench_rt);
 
+    const char *env_stats = getenv("BENCH_STATS");
+    bool stats = env_stats != NULL && *env_stats != '\0' && strcmp(env_stats, "0") != 0;
+    stats_snap_t *before = NULL, *after = NULL;
+    if (stats) {
+        before = calloc(workers, sizeof *before);
+        after = calloc(workers, sizeof *after);
+        if (before == NULL || after == NULL) {
+            fprintf(stderr, "weft-bench: out of memory\n");
+            return 1;
+        }
+    }
+
     for (size_t i = 0; i < n_selected; i++) {
         const bench_workload_t *w = &ws[selected[i]];
         if (w->run == NULL) {
@@ -303,13 +356,21 @@ int main(int argc, char **argv)
             fflush(stdout);
             continue;
         }
+        if (stats)
+            stats_take(before, workers);
         bench_round_t r;
         if (w->once)
             round_run(w, &r);
         else
             measure(w, &r);
+        if (stats) {
+            stats_take(after, workers);
+            stats_print(w->id, before, after, workers);
+        }
         report(w, workers, &r);
     }
+    free(before);
+    free(after);
 
     rc = weft_runtime_shutdown(bench_rt, 10 * INT64_C(1000000000));
     if (rc != 0) {
