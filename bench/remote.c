@@ -15,14 +15,19 @@
 
 typedef struct w6 {
     long ran;               /* touched only by the callbacks, all on one loop thread */
-    weft_future_t *all_ran; /* completed by the callback that counts to C */
+    weft_future_t *all_ran; /* the poster's reference, plus one for the last callback */
 } w6_t;
 
 static void w6_callback(void *arg)
 {
     w6_t *s = arg;
-    if (++s->ran == bench_sizes.remote_c)
-        BENCH_CHECK("W6", weft_future_set_result(s->all_ran, NULL));
+    if (++s->ran != bench_sizes.remote_c)
+        return;
+    /* *s lives on the poster's stack, which may be gone once the future is
+     * complete: read the pointer first, drop the callback's reference last. */
+    weft_future_t *f = s->all_ran;
+    BENCH_CHECK("W6", weft_future_set_result(f, NULL));
+    weft_future_release(f);
 }
 
 /* Posts C callbacks one after another, without waiting between posts; each
@@ -33,6 +38,7 @@ static void w6_round(bench_round_t *r)
     weft_loop_t *loop = weft_runtime_loop(bench_rt, 0);
     w6_t s = {.ran = 0};
     BENCH_CHECK("W6", weft_future_new(loop, &s.all_ran));
+    weft_future_retain(s.all_ran); /* the last callback's reference */
     long c = bench_sizes.remote_c;
     int64_t t0 = bench_now_ns();
     for (long i = 0; i < c; i++)
