@@ -424,6 +424,8 @@ int weft__loop_run_once(weft_loop_t *loop, bool may_block)
 
     int n = weft__poller_wait(&loop->poller, evs, MAX_EVENTS, timeout);
 
+    if (may_block && loop->on_unpark != NULL)
+        loop->on_unpark(loop->worker);
     if (parked) {
         WEFT__STAT_ADD(loop, sleeps, 1);
         /* acquire: pairs with a waker's release exchange (loop.h). */

@@ -71,6 +71,11 @@ struct weft_loop {
     weft_stack_cache_t *stacks;
     struct weft_worker *worker;
     struct weft_task_set *tasks; /* standalone loops: tasks homed here */
+    /* Called (loop thread) right after a blocking wait returns, before
+     * any event or callback of that iteration runs: a worker leaves the
+     * idle set there, so a wake is never aimed at a worker busy in a
+     * callback.  NULL for standalone loops. */
+    void (*on_unpark)(struct weft_worker *w);
 
     /* ---- shared flags ---- */
     atomic_bool running;

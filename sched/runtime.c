@@ -112,11 +112,19 @@ int weft_runtime_new(const weft_config_t *cfg, weft_runtime_t **out)
         weft_loop_set_debug(w->loop, rt->debug);
         weft_loop_set_slow_callback_duration(w->loop, rt->slow_ns);
     }
+    /* The header promises running workers on return: mark every loop
+     * running before its thread starts, so that nobody can run one of
+     * them from the outside meanwhile (weft_loop_run_forever refuses a
+     * running loop); each worker sets the loop's owner when it starts. */
+    for (unsigned i = 0; i < n; i++)
+        atomic_store_explicit(&rt->workers[i]->loop->running, true, memory_order_release);
     for (unsigned i = 0; i < n; i++) {
         weft_worker_t *w = rt->workers[i];
         int err = pthread_create(&w->thread, NULL, weft__worker_main, w);
         if (err != 0) {
             rc = -err;
+            for (unsigned j = i; j < n; j++)
+                atomic_store_explicit(&rt->workers[j]->loop->running, false, memory_order_release);
             weft__rt_stop_workers(rt);
             goto fail;
         }
@@ -223,7 +231,9 @@ int weft_runtime_shutdown(weft_runtime_t *rt, int64_t timeout_ns)
     atomic_store_explicit(&rt->closing, true, memory_order_release);
     int64_t deadline = timeout_ns < 0 ? -1 : weft__now_ns() + timeout_ns;
     weft__task_set_cancel_all(&rt->tasks, "runtime shutdown");
-    int rc = weft__task_set_wait_empty(&rt->tasks, deadline);
+    /* Its WEFT_ETIMEDOUT alone means nothing: a task that completed its
+     * future may not have left the set yet.  Only abandoned tasks count. */
+    (void)weft__task_set_wait_empty(&rt->tasks, deadline);
     /* Blocking calls still running finish first (they cannot be
      * interrupted); their results go to futures whose awaiters are gone. */
     weft_executor_shutdown(rt->own_executor, true);
@@ -239,7 +249,7 @@ int weft_runtime_shutdown(weft_runtime_t *rt, int64_t timeout_ns)
                   abandoned);
     rt->shut_down = true;
     pthread_mutex_unlock(&rt->shutdown_lock);
-    return abandoned != 0 ? WEFT_ETIMEDOUT : rc;
+    return abandoned != 0 ? WEFT_ETIMEDOUT : 0;
 }
 
 void weft_runtime_free(weft_runtime_t *rt)

@@ -197,6 +197,11 @@ static bool shared_work_visible(weft_worker_t *w)
     return false;
 }
 
+static void leave_idle(weft_worker_t *w)
+{
+    idle_remove(w->rt, w);
+}
+
 static void park(weft_worker_t *w)
 {
     weft_runtime_t *rt = w->rt;
@@ -208,9 +213,9 @@ static void park(weft_worker_t *w)
     STAT_INC(w, parks);
     /* Sleeps in epoll unless notified meanwhile (the loop's park word),
      * a callback is ready or a timer is due. */
-    int rc = weft__loop_run_once(w->loop, true);
+    int rc = weft__loop_run_once(w->loop, true); /* leaves the idle set on waking */
     WEFT_CHECK(rc == 0);
-    idle_remove(rt, w);
+    idle_remove(rt, w); /* no-op unless the iteration returned early */
 }
 
 static void run_task(weft_worker_t *w, weft_task_t *t)
@@ -251,6 +256,7 @@ void *weft__worker_main(void *arg)
     pthread_sigmask(SIG_BLOCK, &all, NULL);
 
     set_current_worker(w);
+    loop->on_unpark = leave_idle;
     atomic_store_explicit(&loop->owner, weft__thread_id(), memory_order_release);
     atomic_store_explicit(&loop->running, true, memory_order_release);
     weft__loop_set_running(loop);

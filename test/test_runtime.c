@@ -75,15 +75,6 @@ static int setup(void **state)
 
 #define TEST(fn) cmocka_unit_test_setup(fn, setup)
 
-/* A test that exposes a known library bug is skipped, until the fix lands,
- * unless WEFT_TEST_KNOWN_BUGS=1 is set; each one says why in a "BUG:"
- * comment. */
-#define SKIP_KNOWN_BUG()                                                                           \
-    do {                                                                                           \
-        if (getenv("WEFT_TEST_KNOWN_BUGS") == NULL)                                                \
-            skip();                                                                                \
-    } while (0)
-
 /* ---- time and threads ----------------------------------------------------- */
 
 static int64_t now_ns(void)
@@ -1064,13 +1055,11 @@ static void test_runtime_worker_busy_in_a_callback_does_not_stop_other_workers(v
 static void test_runtime_submit_while_a_worker_blocks_in_a_callback_wakes_an_idle_one(void **state)
 {
     (void)state;
-    /* BUG: park() in sched/worker.c puts the worker in the idle set and
-     * then runs a whole loop iteration, callbacks included, before leaving
-     * it.  weft__rt_notify_one() takes the most recent idle entry — here
-     * the worker stuck in the callback — so the wake is spent on a busy
-     * worker while worker 1 sleeps on: the task waits for the callback
-     * (until SPIN_LIMIT here). */
-    SKIP_KNOWN_BUG();
+    /* Regression: park() used to leave the idle set only after a whole
+     * loop iteration, callbacks included, so weft__rt_notify_one() could
+     * pick the worker stuck in the callback while worker 1 slept on.  A
+     * worker now leaves the idle set as soon as its wait returns
+     * (loop->on_unpark). */
     weft_runtime_t *rt = new_rt(2);
     weft_loop_t *l0 = weft_runtime_loop(rt, 0);
     for (unsigned i = 0; i < 2; i++) {
@@ -1664,13 +1653,9 @@ static void test_runtime_new_defaults_to_one_worker_per_online_cpu(void **state)
 static void test_runtime_new_returns_with_every_worker_loop_running(void **state)
 {
     (void)state;
-    /* BUG: weft_runtime_new (sched/runtime.c, the pthread_create loop)
-     * returns as soon as the threads are created; each worker marks its
-     * loop running and owned only when its thread gets to run
-     * (weft__worker_main in sched/worker.c).  Until then
-     * weft_loop_is_running() is false and weft_loop_run_forever() from
-     * another thread would be accepted on a worker's loop. */
-    SKIP_KNOWN_BUG();
+    /* Regression: weft_runtime_new used to return before the worker
+     * threads had marked their loops running; it now marks them before
+     * creating the threads. */
     for (int round = 0; round < 20; round++) {
         weft_runtime_t *rt = new_rt(MAX_WORKERS);
         for (unsigned i = 0; i < MAX_WORKERS; i++) {
@@ -1932,12 +1917,9 @@ static void test_runtime_shutdown_errors_and_idempotence(void **state)
 static void test_runtime_shutdown_right_after_the_last_task_reported_done_returns_0(void **state)
 {
     (void)state;
-    /* BUG: weft_runtime_shutdown (sched/runtime.c) returns the timed-out
-     * code of weft__task_set_wait_empty() even when nothing was
-     * abandoned: a task leaves the task set just after completing its
-     * future, so with a short timeout the wait can expire on a task that
-     * is already done and is gone by the time the workers are joined. */
-    SKIP_KNOWN_BUG();
+    /* Regression: weft_runtime_shutdown used to return the timed-out code
+     * of its wait even when nothing was abandoned (a task leaves the task
+     * set just after completing its future). */
     enum { ROUNDS = 100 };
     int timedout = 0;
     for (int i = 0; i < ROUNDS; i++) {
