@@ -54,12 +54,14 @@ int weft_runtime_new(const weft_config_t *cfg, weft_runtime_t **out)
     if (cfg == NULL)
         cfg = &defaults;
     if (cfg->stack_size > WEFT__STACK_MAX_SIZE || cfg->slow_callback_ns < 0 ||
-        cfg->executor_keepalive_ns < 0)
+        cfg->executor_keepalive_ns < 0 || cfg->workers > WEFT_MAX_WORKERS)
         return -EINVAL;
     unsigned n = cfg->workers;
     if (n == 0) {
         long cpus = sysconf(_SC_NPROCESSORS_ONLN);
         n = cpus > 0 ? (unsigned)cpus : 1;
+        if (n > WEFT_MAX_WORKERS)
+            n = WEFT_MAX_WORKERS;
     }
     weft_runtime_t *rt = weft__calloc(1, sizeof *rt);
     if (rt == NULL)

@@ -1616,7 +1616,15 @@ static void test_runtime_new_argument_errors_are_einval(void **state)
     assert_int_equal(weft_runtime_new(&cfg, &rt), -EINVAL);
     assert_ptr_equal(rt, SENTINEL);
 
-    /* Negative durations (not listed in runtime.h, refused by the code). */
+    /* Too many workers. */
+    weft_config_t many = {.workers = WEFT_MAX_WORKERS + 1};
+    assert_int_equal(weft_runtime_new(&many, &rt), -EINVAL);
+    assert_ptr_equal(rt, SENTINEL);
+    many.workers = UINT32_MAX;
+    assert_int_equal(weft_runtime_new(&many, &rt), -EINVAL);
+    assert_ptr_equal(rt, SENTINEL);
+
+    /* Negative durations. */
     weft_config_t neg_slow = {.workers = 1, .slow_callback_ns = -1};
     assert_int_equal(weft_runtime_new(&neg_slow, &rt), -EINVAL);
     assert_ptr_equal(rt, SENTINEL);

@@ -13,8 +13,12 @@
 extern "C" {
 #endif
 
+/* Most workers a runtime takes (each is a thread with an epoll instance
+ * and an eventfd). */
+#define WEFT_MAX_WORKERS 1024u
+
 typedef struct weft_config {
-    unsigned workers;              /* 0 = online CPUs */
+    unsigned workers;              /* 0 = online CPUs; at most WEFT_MAX_WORKERS */
     size_t stack_size;             /* 0 = default (256 KiB virtual) */
     unsigned executor_max_threads; /* 0 = 512 */
     int64_t executor_keepalive_ns; /* 0 = 10 s */
@@ -24,7 +28,8 @@ typedef struct weft_config {
 
 /* Start a runtime; its workers are running when this returns.  cfg may be
  * NULL (all defaults).
- * Returns 0, -EINVAL (out NULL, stack_size above 1 GiB), -ENOMEM, -errno
+ * Returns 0, -EINVAL (out NULL, workers above WEFT_MAX_WORKERS, stack_size
+ * above 1 GiB, a negative slow_callback_ns or executor_keepalive_ns), -ENOMEM, -errno
  * from thread, epoll or eventfd creation.
  * Thread: any.  Suspends: no. */
 WEFT_API int weft_runtime_new(const weft_config_t *cfg, weft_runtime_t **out);
