@@ -10,6 +10,7 @@
 #include "weft/future.h"
 #include "weft/runtime.h"
 #include "weft/task.h"
+#include "weft/cancel.h"
 #include "weft/executor.h"
 
 #endif /* WEFT_H */

@@ -230,7 +230,10 @@ void weft_task_release(weft_task_t *t)
 static void complete_task(weft_task_t *t)
 {
     atomic_store_explicit(&t->state, WEFT__T_DONE, memory_order_release);
-    bool undelivered = atomic_exchange_explicit(&t->must_cancel, false, memory_order_acq_rel);
+    /* acq_rel: pairs with the CAS in weft_task_cancel (task.h, CLOSED). */
+    bool undelivered = atomic_fetch_or_explicit(&t->must_cancel, WEFT__C_CLOSED,
+                                                memory_order_acq_rel) &
+                       WEFT__C_PENDING;
     /* Its values go now, not with the last reference to the task. */
     weft__context_release(t->ctx);
     t->ctx = NULL;
@@ -348,7 +351,7 @@ int weft__task_new(weft_fn fn, void *arg, const weft_spawn_opts_t *opts, weft_ru
     t->fut.dtor = task_dtor;
     atomic_init(&t->state, WEFT__T_SCHEDULED);
     atomic_init(&t->cancel_count, 0);
-    atomic_init(&t->must_cancel, false);
+    atomic_init(&t->must_cancel, 0);
     t->fn = fn;
     t->arg = arg;
     t->stack_size = stack_size;
@@ -498,9 +501,11 @@ static bool take_cancel(weft_task_t *t)
      * that raced past it is delivered at the next suspension point; one
      * whose wake resumed us is visible here (the wake's RMW on `state`
      * ordered it before our resume). */
-    if (!atomic_load_explicit(&t->must_cancel, memory_order_relaxed))
+    if (!(atomic_load_explicit(&t->must_cancel, memory_order_relaxed) & WEFT__C_PENDING))
         return false;
-    return atomic_exchange_explicit(&t->must_cancel, false, memory_order_acq_rel);
+    return atomic_fetch_and_explicit(&t->must_cancel, ~(unsigned)WEFT__C_PENDING,
+                                     memory_order_acq_rel) &
+           WEFT__C_PENDING;
 }
 
 void weft__task_suspend(weft_task_t *t)
@@ -805,18 +810,29 @@ int weft_task_cancel(weft_task_t *t, const char *msg)
     if (atomic_load_explicit(&t->state, memory_order_acquire) & WEFT__T_DONE)
         return 0;
     char *copy = msg != NULL ? weft__strdup(msg) : NULL; /* best effort: NULL keeps none */
+    /* Counted first, so a task that takes the request sees it counted. */
+    atomic_fetch_add_explicit(&t->cancel_count, 1, memory_order_relaxed);
     pthread_mutex_lock(&t->fut.lock);
+    /* acq_rel: release publishes the count (and, through the lock, the
+     * message) to take_cancel(); pairs with complete_task's fetch_or. */
+    unsigned old = atomic_load_explicit(&t->must_cancel, memory_order_relaxed);
+    while (!(old & WEFT__C_CLOSED) &&
+           !atomic_compare_exchange_weak_explicit(&t->must_cancel, &old, old | WEFT__C_PENDING,
+                                                  memory_order_acq_rel, memory_order_relaxed))
+        ;
+    if (old & WEFT__C_CLOSED) {
+        pthread_mutex_unlock(&t->fut.lock);
+        atomic_fetch_sub_explicit(&t->cancel_count, 1, memory_order_relaxed);
+        weft__free(copy);
+        return 0; /* it finished meanwhile */
+    }
     /* While a request is pending its first message stays; a request made
      * after the last one was delivered (or withdrawn) brings its own. */
-    if (!atomic_load_explicit(&t->must_cancel, memory_order_relaxed) || t->cancel_msg == NULL) {
-        char *old = t->cancel_msg;
+    if (!(old & WEFT__C_PENDING) || t->cancel_msg == NULL) {
+        char *prev = t->cancel_msg;
         t->cancel_msg = copy;
-        copy = old;
+        copy = prev;
     }
-    atomic_fetch_add_explicit(&t->cancel_count, 1, memory_order_relaxed);
-    /* release: publishes the message and the count to the acquire
-     * exchange in take_cancel(). */
-    atomic_store_explicit(&t->must_cancel, true, memory_order_release);
     pthread_mutex_unlock(&t->fut.lock);
     weft__free(copy);
     weft__task_wake(t);
@@ -862,7 +878,8 @@ int weft_task_uncancel(weft_task_t *t)
     if (n <= 1) {
         /* Python 3.13: with no request left, one not yet delivered is
          * withdrawn and never interrupts the task. */
-        atomic_store_explicit(&t->must_cancel, false, memory_order_release);
+        atomic_fetch_and_explicit(&t->must_cancel, ~(unsigned)WEFT__C_PENDING,
+                                  memory_order_release);
         return 0;
     }
     return n - 1;

@@ -60,6 +60,16 @@ enum {
     WEFT__T_DONE = 8,
 };
 
+/* must_cancel bits.  PENDING: a cancellation request not yet delivered.
+ * CLOSED: the task finished (set by the same RMW that reads PENDING for
+ * the last time), so weft_task_cancel refuses from then on: a request is
+ * either seen by the finishing task or reported as "already done" (0),
+ * never both. */
+enum {
+    WEFT__C_PENDING = 1,
+    WEFT__C_CLOSED = 2,
+};
+
 struct weft_runtime;
 struct weft_worker;
 
@@ -110,7 +120,7 @@ struct weft_task {
     weft_loop_t *home;       /* pinned loop or standalone loop; NULL = any worker */
     weft_handle_t post_h;    /* EMBED handle: resume through home's ready FIFO */
     atomic_int cancel_count; /* cancelling() */
-    atomic_bool must_cancel; /* a request not yet delivered */
+    atomic_uint must_cancel; /* WEFT__C_* bits above */
     char *cancel_msg;        /* the pending request's message, else the last delivered
                                 one's (weft_task_cancel); under fut.lock */
     char *name;              /* name_buf, or a heap copy (weft__free unless == name_buf) */
