@@ -12,5 +12,6 @@
 #include "weft/task.h"
 #include "weft/cancel.h"
 #include "weft/executor.h"
+#include "weft/sync.h"
 
 #endif /* WEFT_H */
