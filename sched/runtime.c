@@ -14,6 +14,7 @@
  *      queue refers to them any more (step 4), their stacks are freed and
  *      their futures end cancelled (WEFT_ETIMEDOUT is returned).
  */
+#include <sched.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -77,6 +78,7 @@ int weft_runtime_new(const weft_config_t *cfg, weft_runtime_t **out)
     atomic_init(&rt->n_searching, 0);
     atomic_init(&rt->n_idle, 0);
     atomic_init(&rt->closing, false);
+    atomic_init(&rt->entering, 0);
     atomic_init(&rt->stopping, false);
     atomic_init(&rt->factory, NULL);
     atomic_init(&rt->factory_arg, NULL);
@@ -199,23 +201,41 @@ int weft_runtime_set_default_executor(weft_runtime_t *rt, weft_executor_t *ex)
     return 0;
 }
 
+bool weft__rt_enter(weft_runtime_t *rt)
+{
+    /* seq_cst on both sides (here and in shutdown): either shutdown sees
+     * us entered and waits, or we see `closing` and back out. */
+    atomic_fetch_add_explicit(&rt->entering, 1, memory_order_seq_cst);
+    if (atomic_load_explicit(&rt->closing, memory_order_seq_cst)) {
+        weft__rt_leave(rt);
+        return false;
+    }
+    return true;
+}
+
+void weft__rt_leave(weft_runtime_t *rt)
+{
+    atomic_fetch_sub_explicit(&rt->entering, 1, memory_order_release);
+}
+
 int weft_runtime_submit(weft_runtime_t *rt, weft_fn fn, void *arg, weft_future_t **out)
 {
     if (rt == NULL || fn == NULL || out == NULL)
         return -EINVAL;
-    if (atomic_load_explicit(&rt->closing, memory_order_acquire))
+    if (!weft__rt_enter(rt))
         return WEFT_ECLOSED;
     /* Done callbacks of the task run on a worker's loop; spread them. */
     static atomic_uint rr;
     unsigned i = atomic_fetch_add_explicit(&rr, 1, memory_order_relaxed) % rt->n;
     weft_task_t *t;
     int rc = weft__task_new(fn, arg, NULL, rt, NULL, rt->workers[i]->loop, &t);
-    if (rc != 0)
-        return rc;
-    weft_future_retain(&t->fut);
-    *out = &t->fut;
-    weft__task_enqueue(t, false);
-    return 0;
+    if (rc == 0) {
+        weft_future_retain(&t->fut);
+        *out = &t->fut;
+        weft__task_enqueue(t, false);
+    }
+    weft__rt_leave(rt);
+    return rc;
 }
 
 int weft_runtime_shutdown(weft_runtime_t *rt, int64_t timeout_ns)
@@ -230,9 +250,15 @@ int weft_runtime_shutdown(weft_runtime_t *rt, int64_t timeout_ns)
         pthread_mutex_unlock(&rt->shutdown_lock);
         return 0;
     }
-    atomic_store_explicit(&rt->closing, true, memory_order_release);
+    atomic_store_explicit(&rt->closing, true, memory_order_seq_cst);
     int64_t deadline = timeout_ns < 0 ? -1 : weft__now_ns() + timeout_ns;
-    weft__task_set_cancel_all(&rt->tasks, "runtime shutdown");
+    /* Foreign threads that got past the check finish registering and
+     * queueing first (a few instructions; they never block in between). */
+    while (atomic_load_explicit(&rt->entering, memory_order_acquire) != 0)
+        sched_yield();
+    /* Spawns from tasks and callbacks are refused from here on, or
+     * registered in time to be cancelled. */
+    weft__task_set_close(&rt->tasks, "runtime shutdown");
     /* Its WEFT_ETIMEDOUT alone means nothing: a task that completed its
      * future may not have left the set yet.  Only abandoned tasks count. */
     (void)weft__task_set_wait_empty(&rt->tasks, deadline);

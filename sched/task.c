@@ -64,6 +64,7 @@ void weft__task_set_init(weft_task_set_t *s, unsigned nshards)
         s->shards[i].count = 0;
     }
     atomic_init(&s->waiting, false);
+    atomic_init(&s->closed, false);
     pthread_mutex_init(&s->empty_lock, NULL);
     pthread_cond_init(&s->empty, NULL);
 }
@@ -78,10 +79,14 @@ void weft__task_set_destroy(weft_task_set_t *s)
     pthread_mutex_destroy(&s->empty_lock);
 }
 
-static void set_add(weft_task_set_t *s, weft_task_t *t)
+static int set_add(weft_task_set_t *s, weft_task_t *t)
 {
     weft_task_shard_t *sh = pick_shard(s);
     pthread_mutex_lock(&sh->lock);
+    if (atomic_load_explicit(&s->closed, memory_order_relaxed)) {
+        pthread_mutex_unlock(&sh->lock);
+        return WEFT_ECLOSED;
+    }
     t->set = s;
     t->shard = sh;
     t->set_prev = NULL;
@@ -91,6 +96,7 @@ static void set_add(weft_task_set_t *s, weft_task_t *t)
     sh->head = t;
     sh->count++;
     pthread_mutex_unlock(&sh->lock);
+    return 0;
 }
 
 static void set_remove(weft_task_t *t)
@@ -163,10 +169,12 @@ static void cancel_visit(weft_task_t *t, void *arg)
     weft_task_cancel(t, arg);
 }
 
-void weft__task_set_cancel_all(weft_task_set_t *s, const char *msg)
+void weft__task_set_close(weft_task_set_t *s, const char *msg)
 {
-    /* weft_task_cancel takes no shard lock and never frees, so calling it
-     * under the shard lock is safe and keeps every visited task alive. */
+    /* Every shard lock taken after this store sees it (set_add reads it
+     * under the lock); an add that got its shard lock first is visited
+     * below. */
+    atomic_store_explicit(&s->closed, true, memory_order_relaxed);
     set_for_each(s, cancel_visit, (void *)msg);
 }
 
@@ -231,9 +239,9 @@ static void complete_task(weft_task_t *t)
 {
     atomic_store_explicit(&t->state, WEFT__T_DONE, memory_order_release);
     /* acq_rel: pairs with the CAS in weft_task_cancel (task.h, CLOSED). */
-    bool undelivered = atomic_fetch_or_explicit(&t->must_cancel, WEFT__C_CLOSED,
-                                                memory_order_acq_rel) &
-                       WEFT__C_PENDING;
+    bool undelivered =
+        atomic_fetch_or_explicit(&t->must_cancel, WEFT__C_CLOSED, memory_order_acq_rel) &
+        WEFT__C_PENDING;
     /* Its values go now, not with the last reference to the task. */
     weft__context_release(t->ctx);
     t->ctx = NULL;
@@ -363,7 +371,11 @@ int weft__task_new(weft_fn fn, void *arg, const weft_spawn_opts_t *opts, weft_ru
     t->post_h.when = -1;
     atomic_init(&t->post_h.refs, 1);
     atomic_init(&t->post_h.state, WEFT__H_PENDING);
-    set_add(rt != NULL ? &rt->tasks : home->tasks, t);
+    int rc = set_add(rt != NULL ? &rt->tasks : home->tasks, t);
+    if (rc != 0) {
+        weft_future_release(&t->fut); /* never registered: just freed */
+        return rc;
+    }
     *out = t;
     return 0;
 }
@@ -384,6 +396,10 @@ static void enqueue(weft_task_t *t, int how)
         (void)weft__loop_post_handle(t->home, &t->post_h);
         return;
     }
+    /* Workers stopped (shutdown): nobody would run it, and what is left
+     * is abandoned from the task set; a queue entry would only dangle. */
+    if (atomic_load_explicit(&t->rt->stopping, memory_order_acquire))
+        return;
     weft_worker_t *w = weft__current_worker();
     if (w != NULL && w->rt == t->rt) {
         weft__worker_push(w, t, how == ENQ_WAKE);
@@ -613,12 +629,16 @@ int weft_run_coroutine_threadsafe(weft_loop_t *loop, weft_fn fn, void *arg, weft
     if (weft_loop_is_closed(loop))
         return WEFT_ECLOSED;
     weft_runtime_t *rt = loop->worker != NULL ? loop->worker->rt : NULL;
-    if (rt != NULL && atomic_load_explicit(&rt->closing, memory_order_acquire))
+    /* A foreign thread: shutdown waits for it to finish posting. */
+    if (rt != NULL && !weft__rt_enter(rt))
         return WEFT_ECLOSED;
     weft_task_t *t;
     int rc = weft__task_new(fn, arg, NULL, rt, rt != NULL ? NULL : loop, loop, &t);
-    if (rc != 0)
+    if (rc != 0) {
+        if (rt != NULL)
+            weft__rt_leave(rt);
         return rc;
+    }
     weft_future_retain(&t->fut);
     /* First run on the named loop (through its inbox); from there a
      * runtime task may migrate like any other. */
@@ -628,10 +648,12 @@ int weft_run_coroutine_threadsafe(weft_loop_t *loop, weft_fn fn, void *arg, weft
         t->rc = WEFT_ECANCELED;
         complete_task(t);
         weft_future_release(&t->fut);
-        return rc;
+    } else {
+        *out = &t->fut;
     }
-    *out = &t->fut;
-    return 0;
+    if (rt != NULL)
+        weft__rt_leave(rt);
+    return rc;
 }
 
 /* ---- suspension points ------------------------------------------------- */

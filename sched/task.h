@@ -93,6 +93,10 @@ typedef struct weft_task_shard {
 typedef struct weft_task_set {
     weft_task_shard_t shards[WEFT__TASK_SHARDS_MAX];
     unsigned nshards;
+    /* Set by weft__task_set_close: set_add refuses from then on.  Read
+     * under a shard lock, so a task is either refused or registered
+     * before the closer visits its shard. */
+    atomic_bool closed;
     /* A shard that drops to empty while someone waits signals `empty`
      * under empty_lock (weft__task_set_wait_empty). */
     atomic_bool waiting;
@@ -155,8 +159,10 @@ static inline weft_task_t *weft__task_of_runnable(weft_runnable_t *r)
 void weft__task_set_init(weft_task_set_t *s, unsigned nshards);
 void weft__task_set_destroy(weft_task_set_t *s);
 
-/* Request cancellation of every task in s (shutdown). */
-void weft__task_set_cancel_all(weft_task_set_t *s, const char *msg);
+/* Refuse new tasks (weft__task_new returns WEFT_ECLOSED), then request
+ * cancellation of every task in s.  A task registered concurrently is
+ * either refused or cancelled, never missed. */
+void weft__task_set_close(weft_task_set_t *s, const char *msg);
 
 /* Wait until s is empty or deadline_ns passes (-1: no limit): 0 or
  * WEFT_ETIMEDOUT. */

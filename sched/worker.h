@@ -70,7 +70,11 @@ struct weft_runtime {
     pthread_mutex_t idle_lock;
     unsigned *idle; /* stack of parked worker indexes */
     unsigned idle_n;
-    atomic_bool closing;  /* no new submissions */
+    atomic_bool closing; /* no new submissions */
+    /* Foreign threads between weft__rt_enter and weft__rt_leave: shutdown
+     * waits for them after setting `closing`, so what they register and
+     * queue is in place before it cancels and drains. */
+    atomic_uint entering;
     atomic_bool stopping; /* workers exit their loop */
     bool shut_down;
     size_t stack_size;
@@ -89,6 +93,12 @@ weft_worker_t *weft__current_worker(void);
 
 /* Wake one idle worker if any (after pushing shared work). */
 void weft__rt_notify_one(struct weft_runtime *rt);
+
+/* Entry points called from any thread (submit, run_coroutine_threadsafe)
+ * bracket their registering and queueing with these.  enter returns false
+ * (and leaves nothing to undo) when the runtime is closing. */
+bool weft__rt_enter(struct weft_runtime *rt);
+void weft__rt_leave(struct weft_runtime *rt);
 
 /* Thread body of a worker (pthread_create). */
 void *weft__worker_main(void *arg);
