@@ -27,7 +27,9 @@ WEFT_API int weft_future_new(weft_loop_t *loop, weft_future_t **out);
 WEFT_API void weft_future_retain(weft_future_t *f);
 WEFT_API void weft_future_release(weft_future_t *f);
 
-/* Complete with a result.
+/* Complete with a result.  The caller must hold a reference to f until
+ * the call returns (as for set_error and cancel): a waiter woken by the
+ * completion may drop its own reference at once.
  * Returns 0, -EINVAL, WEFT_EINVALSTATE (already done).
  * Thread: any.  Suspends: no. */
 WEFT_API int weft_future_set_result(weft_future_t *f, void *value);
