@@ -13,5 +13,6 @@
 #include "weft/cancel.h"
 #include "weft/executor.h"
 #include "weft/sync.h"
+#include "weft/queue.h"
 
 #endif /* WEFT_H */

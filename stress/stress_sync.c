@@ -10,12 +10,12 @@
  * returns WEFT_ECANCELED withdraws the request (weft_task_uncancel) and
  * retries, so the work still adds up.
  *
- *   lock      each task does iterations/2 acquire/increment/release of a
+ *   lock      each task does `iterations` acquire/increment/release of a
  *             plain counter, sometimes yielding while it holds the lock;
  *             checks: counter == successes, never two inside, the lock
  *             ends free with nobody queued.
  *   sem       a bounded semaphore with 1-4 permits (from the seed), each
- *             task iterations/4 acquire/release; checks: occupancy never
+ *             task iterations/2 acquire/release; checks: occupancy never
  *             above the permits (atomic high-water mark), every permit
  *             back at the end, one release more is -EINVAL.
  *   cond      a bounded buffer (8 slots) on two Conditions sharing one
@@ -25,11 +25,11 @@
  *             cancelled wait_for still holds the lock; checks: every
  *             payload consumed exactly once (a lost notification hangs the
  *             run and the watchdog fails it), the lock ends free.
- *   event     iterations/100 rounds: every task waits on the round's
+ *   event     iterations/40 rounds: every task waits on the round's
  *             event, which one of them sets after a few yields; a
  *             cancelled wait is retried; checks: every wait returns 0 only
  *             once the event is set.
- *   barrier   iterations/100 rounds of a barrier of all the tasks (no
+ *   barrier   iterations/40 rounds of a barrier of all the tasks (no
  *             cancellations here: asyncio's indices repeat after one);
  *             checks: each index handed out once per round, nobody leaves
  *             before everybody arrived.
@@ -175,7 +175,7 @@ static int lock_task(void *arg, void **result)
 {
     (void)result;
     targ_t *a = arg;
-    unsigned n = g.iterations / 2;
+    unsigned n = g.iterations;
     for (unsigned k = 0; k < n;) {
         int rc = weft_lock_acquire(g.lock);
         if (rc == WEFT_ECANCELED) {
@@ -202,7 +202,7 @@ static int sem_task(void *arg, void **result)
 {
     (void)result;
     targ_t *a = arg;
-    unsigned n = g.iterations / 4;
+    unsigned n = g.iterations / 2;
     for (unsigned k = 0; k < n;) {
         int rc = weft_sem_acquire(g.sem);
         if (rc == WEFT_ECANCELED) {
@@ -506,9 +506,9 @@ int main(int argc, char **argv)
     g.seed = seed;
     uint64_t rng = seed;
     g.permits = 1 + (int)(rng_next(&rng) % 4);
-    g.npayloads = (size_t)g.iterations * g.workers / 4;
-    g.event_rounds = g.iterations / 100;
-    g.barrier_rounds = g.iterations / 100;
+    g.npayloads = (size_t)g.iterations * g.workers / 2;
+    g.event_rounds = g.iterations / 40;
+    g.barrier_rounds = g.iterations / 40;
     atomic_init(&g.producers_left, (int)(g.tasks / 2));
 
     g.payloads = calloc(g.npayloads, sizeof *g.payloads);
@@ -553,7 +553,7 @@ int main(int argc, char **argv)
     run_phase("lock", lock_task);
     EXPECT(g.counter == atomic_load(&g.lock_ok), "lock: counter %ld, successes %ld", g.counter,
            atomic_load(&g.lock_ok));
-    EXPECT(g.counter == (long)g.tasks * (g.iterations / 2), "lock: counter %ld", g.counter);
+    EXPECT(g.counter == (long)g.tasks * g.iterations, "lock: counter %ld", g.counter);
     EXPECT(!weft_lock_locked(g.lock), "lock: still locked");
 
     atomic_store(&g.high, 0);
