@@ -318,39 +318,35 @@ static int alloc_unguarded(size_t size, weft_stack_t *out)
     return 0;
 }
 
-/* The top pages of a released slab slot stay resident: the next task in
- * the slot touches them at once, and dropping them would cost a TLB
- * shootdown (an IPI to every CPU running one of our threads) per release,
- * which was a third of the time of a million tasks finishing together.
- * Pages below them are only resident when a task went deep; mincore (no
- * TLB flush) tells, and only then are they given back.  What a free slot
- * keeps is bounded by TRIM_KEEP_PAGES pages, and a slab returns all of it
- * when its last slot is freed (unmap). */
+/* A released stack keeps its top TRIM_KEEP_PAGES pages resident: the next
+ * task on it touches them at once, and dropping them costs a TLB shootdown
+ * (an IPI to every CPU running one of our threads) per release, which was
+ * a third of the time of a million tasks finishing together.  Pages below
+ * are given back (MADV_DONTNEED) only when the last owner went deep.
+ *
+ * "Went deep" is read from the word just under the kept pages: it is
+ * still zero if no frame ever reached it (an untouched page reads as
+ * zeros; the first read maps the shared zero page, which costs no memory
+ * and is not counted in RSS, though mincore calls it resident).  A frame
+ * that jumped over that word without writing it (a big local array) is
+ * missed: a heuristic, but free, where asking the kernel (mincore) is a
+ * syscall per release. */
 #define TRIM_KEEP_PAGES 2u
-#define TRIM_CHUNK      256u /* pages per mincore call */
 
-static void trim_deep_pages(const weft_stack_t *st)
+static bool went_deep(const weft_stack_t *s)
 {
     size_t keep = (size_t)TRIM_KEEP_PAGES * page_size;
-    if (st->size <= keep)
-        return;
-    size_t deep = st->size - keep; /* [base, base + deep) */
-    char *base = st->base;
-    unsigned char vec[TRIM_CHUNK];
-    for (size_t off = 0; off < deep; off += (size_t)TRIM_CHUNK * page_size) {
-        size_t len = deep - off;
-        if (len > (size_t)TRIM_CHUNK * page_size)
-            len = (size_t)TRIM_CHUNK * page_size;
-        bool resident = false;
-        if (mincore(base + off, len, vec) != 0) {
-            resident = true; /* cannot tell: trim */
-        } else {
-            for (size_t i = 0; i < len / page_size && !resident; i++)
-                resident = (vec[i] & 1) != 0;
-        }
-        if (resident)
-            (void)madvise(base + off, len, MADV_DONTNEED);
-    }
+    if (s->size <= keep)
+        return false;
+    const volatile uint64_t *probe =
+        (const volatile uint64_t *)((char *)s->base + s->size - keep - sizeof(uint64_t));
+    return *probe != 0;
+}
+
+static void trim_deep_pages(const weft_stack_t *s)
+{
+    if (went_deep(s))
+        (void)madvise(s->base, s->size - (size_t)TRIM_KEEP_PAGES * page_size, MADV_DONTNEED);
 }
 
 static void slab_release(const weft_stack_t *st)
@@ -419,6 +415,78 @@ static void stack_unmap(const weft_stack_t *s)
     unmap_pages(s->base, s->size);
 }
 
+/* ---- the depot ---------------------------------------------------------- */
+
+/* Free stacks shared by every thread, between the per-worker caches and
+ * the mappings.  A stack that one worker's task took and another worker
+ * released (stealing makes that common) used to be unmapped when the
+ * releasing worker's cache was full, and the next spawn on the other
+ * worker mapped a new one: mmap, mprotect and munmap were more than half
+ * the time of a recursive spawn workload (W5).  The depot keeps up to
+ * DEPOT_MAX of them, touched pages included, behind one lock; so at most
+ * DEPOT_MAX * stack size of address space is held here (1 GiB at the
+ * default size, reserved, not committed); in memory, the top pages the
+ * tasks touched, since deep ones are trimmed on the way in.
+ * A recursive spawn workload keeps thousands of stacks live at its peak,
+ * which is why the depot is this large.  Only callers with a cache use it (the task
+ * code); a NULL cache means "no caching at all". */
+#define DEPOT_MAX 4096u
+
+#if STACK_REUSE
+static pthread_mutex_t depot_lock = PTHREAD_MUTEX_INITIALIZER;
+static weft_stack_t depot[DEPOT_MAX];
+static unsigned depot_n;
+
+static bool depot_put(const weft_stack_t *s)
+{
+    bool kept = false;
+    pthread_mutex_lock(&depot_lock);
+    if (depot_n < DEPOT_MAX) {
+        depot[depot_n++] = *s;
+        kept = true;
+    }
+    pthread_mutex_unlock(&depot_lock);
+    return kept;
+}
+
+static bool depot_take(size_t size, weft_stack_t *out)
+{
+    bool got = false;
+    pthread_mutex_lock(&depot_lock);
+    for (unsigned i = depot_n; i-- > 0;) {
+        if (depot[i].size != size)
+            continue;
+        *out = depot[i];
+        depot[i] = depot[--depot_n];
+        got = true;
+        break;
+    }
+    pthread_mutex_unlock(&depot_lock);
+    return got;
+}
+
+#endif /* STACK_REUSE */
+
+size_t weft__stack_depot_drain(void)
+{
+    size_t n = 0;
+#if STACK_REUSE
+    for (;;) {
+        weft_stack_t s;
+        pthread_mutex_lock(&depot_lock);
+        bool got = depot_n > 0;
+        if (got)
+            s = depot[--depot_n];
+        pthread_mutex_unlock(&depot_lock);
+        if (!got)
+            return n;
+        stack_unmap(&s);
+        n++;
+    }
+#endif
+    return n;
+}
+
 /* ---- public ------------------------------------------------------------- */
 
 int weft__stack_cache_new(size_t max_cached, weft_stack_cache_t **out)
@@ -477,6 +545,13 @@ int weft__stack_alloc_ex(weft_stack_cache_t *c, size_t size, bool canary, weft_s
 #endif
 
     weft_stack_t s;
+#if STACK_REUSE
+    if (c != NULL && depot_take(sz, &s)) {
+        canary_setup(&s, canary);
+        *out = s;
+        return 0;
+    }
+#endif
     rc = alloc_guarded(sz, &s);
     if (rc > 0)
         rc = alloc_unguarded(sz, &s);
@@ -494,8 +569,16 @@ void weft__stack_release(weft_stack_cache_t *c, weft_stack_t *s)
 #if STACK_REUSE
     /* Kept with its touched pages: the next task on this worker reuses
      * them without a fault. */
+    /* Cached and depot stacks keep their pages, so trim deep ones first:
+     * what free stacks hold stays small. */
+    if (c != NULL)
+        trim_deep_pages(s);
     if (c != NULL && c->n < c->cap) {
         c->v[c->n++] = *s;
+        memset(s, 0, sizeof *s);
+        return;
+    }
+    if (c != NULL && depot_put(s)) {
         memset(s, 0, sizeof *s);
         return;
     }

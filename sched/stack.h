@@ -11,17 +11,24 @@
  *
  *   1. the caller's per-worker cache (LIFO, hottest first): a stack that was
  *      released there keeps its touched pages, so reuse costs no fault;
+ *   1b. then the process-wide depot (up to 256 free stacks under one lock,
+ *      pages kept too), for callers with a cache: stacks freed on one
+ *      worker are reused by another without a syscall;
  *   2. otherwise a fresh mapping with a PROT_NONE guard page below `base`,
  *      while the process-wide count of guarded stacks is under the cap
  *      (each guard splits a VMA, and vm.max_map_count is 65530 by default);
  *   3. past the cap, a slot in a slab: one mapping carved into up to 64
  *      unguarded stacks of one size, so even a million live stacks stay far
  *      below vm.max_map_count.  Slabs live on a process-wide list under a
- *      mutex; a slot going back to its slab is madvise(MADV_DONTNEED)ed to
- *      bound RSS, and a slab whose slots are all free is unmapped.
+ *      mutex; a slot going back to its slab keeps its top two pages and
+ *      gives back deeper ones (MADV_DONTNEED, only when its last task went
+ *      below them: stack.c, went_deep), and a slab whose slots are all free
+ *      is unmapped.  Stacks going into a cache or the depot are trimmed
+ *      the same way.
  *
- * A release goes to the cache while it has room, else back to where the
- * stack came from (guarded: munmap; slab: DONTNEED + free slot).
+ * A release goes to the cache while it has room, then to the depot, else
+ * back to where the stack came from (guarded: munmap; slab: trim + free
+ * slot).
  *
  * Sanitizer builds (WEFT_ASAN / WEFT_TSAN) bypass the cache and the slabs:
  * every allocation is a fresh mmap and every release a munmap, so reuse is
@@ -100,6 +107,10 @@ int weft__stack_alloc(weft_stack_cache_t *c, size_t size, weft_stack_t *out);
 /* Give s back: to the cache c if it has room (c may be NULL), else to the
  * system.  *s is cleared.  Any thread may release to the NULL cache. */
 void weft__stack_release(weft_stack_cache_t *c, weft_stack_t *s);
+
+/* Unmap every stack in the depot; returns how many.  For tests and for
+ * programs that want the address space back after a burst.  Thread: any. */
+size_t weft__stack_depot_drain(void);
 
 /* Is the canary at the stack limit intact?  False means the stack
  * overflowed (or something wrote below its frames).  True for a stack

@@ -1167,12 +1167,15 @@ static void test_stack_cache_reuses_lifo_and_keeps_at_most_max(void **state)
 
     weft__stack_release(cache, &a);
     weft__stack_release(cache, &b);
-    weft__stack_release(cache, &c); /* the cache is full: c is unmapped */
+    weft__stack_release(cache, &c); /* the cache is full: c goes to the depot */
     assert_null(a.base);
-    if (!SANITIZED)
+    if (!SANITIZED) {
+        assert_int_equal(weft__stack_guarded_count(), guarded0 + 3);
+        assert_int_equal(weft__stack_depot_drain(), 1); /* c is unmapped */
         assert_int_equal(weft__stack_guarded_count(), guarded0 + 2);
-    else
+    } else {
         assert_int_equal(weft__stack_guarded_count(), guarded0);
+    }
 
     /* A size the cache does not hold: a fresh stack. */
     weft_stack_t small;
@@ -1208,9 +1211,74 @@ static void test_stack_cache_of_zero_keeps_nothing(void **state)
     weft_stack_t a;
     assert_int_equal(weft__stack_alloc(cache, 0, &a), 0);
     weft__stack_release(cache, &a);
+    (void)weft__stack_depot_drain();
     assert_int_equal(weft__stack_guarded_count(), guarded0);
     weft__stack_cache_free(cache);
     weft__stack_cache_free(NULL);
+}
+
+/* A stack freed on one worker (its cache full) is reused by another
+ * worker's next allocation: no new mapping. */
+static void test_stack_depot_passes_stacks_between_caches(void **state)
+{
+    (void)state;
+    if (SANITIZED) {
+        skip(); /* no reuse in sanitizer builds */
+        return;
+    }
+    (void)weft__stack_depot_drain();
+    weft_stack_cache_t *c1 = NULL, *c2 = NULL;
+    assert_int_equal(weft__stack_cache_new(0, &c1), 0);
+    assert_int_equal(weft__stack_cache_new(0, &c2), 0);
+    size_t guarded0 = weft__stack_guarded_count();
+    weft_stack_t a;
+    assert_int_equal(weft__stack_alloc(c1, 0, &a), 0);
+    void *base = a.base;
+    weft__stack_release(c1, &a); /* c1 keeps nothing: to the depot */
+    assert_null(a.base);
+    assert_int_equal(weft__stack_guarded_count(), guarded0 + 1);
+    weft_stack_t b;
+    assert_int_equal(weft__stack_alloc(c2, 0, &b), 0);
+    assert_ptr_equal(b.base, base);
+    assert_int_equal(weft__stack_guarded_count(), guarded0 + 1);
+    assert_true(weft__stack_canary_ok(&b));
+    weft__stack_release(NULL, &b); /* no cache: unmapped, not kept */
+    assert_int_equal(weft__stack_guarded_count(), guarded0);
+    assert_int_equal(weft__stack_depot_drain(), 0);
+    weft__stack_cache_free(c1);
+    weft__stack_cache_free(c2);
+}
+
+/* A stack going back to a cache after a deep task keeps only its top two
+ * pages; after a shallow one, its top page. */
+static void test_stack_cached_after_a_deep_task_keeps_only_its_top_pages(void **state)
+{
+    (void)state;
+    if (SANITIZED) {
+        skip(); /* no reuse in sanitizer builds */
+        return;
+    }
+    size_t page = weft__stack_page_size();
+    weft_stack_cache_t *cache = NULL;
+    assert_int_equal(weft__stack_cache_new(1, &cache), 0);
+    weft_stack_t a;
+    assert_int_equal(weft__stack_alloc_ex(cache, 64 * KiB, false, &a), 0);
+    void *base = a.base;
+    size_t size = a.size;
+    memset(base, 0xab, size); /* as deep as it goes */
+    weft__stack_release(cache, &a);
+    assert_int_equal(resident_pages(base, size - 2 * page), 0);
+    assert_int_equal(resident_pages((char *)base + size - 2 * page, 2 * page), 2);
+
+    assert_int_equal(weft__stack_alloc_ex(cache, 64 * KiB, false, &a), 0);
+    assert_ptr_equal(a.base, base);
+    memset((char *)base + size - page, 0xcd, page); /* shallow */
+    weft__stack_release(cache, &a);
+    /* (The page under the kept ones is read by the depth probe: it maps
+     * the zero page, which mincore counts as resident.) */
+    assert_int_equal(resident_pages(base, size - 3 * page), 0);
+    assert_true(resident_pages((char *)base + size - page, page) == 1);
+    weft__stack_cache_free(cache);
 }
 
 static void test_stack_cache_new_fails_cleanly_without_memory(void **state)
@@ -1365,11 +1433,12 @@ static void test_stack_returned_to_slab_drops_its_deep_pages(void **state)
     weft__stack_release(NULL, &a);
     assert_int_equal(resident_pages(base, size - 2 * page), 0);
     assert_int_equal(resident_pages((char *)base + size - 2 * page, 2 * page), 2);
-    /* A shallow task's slot: only its top page was touched, and it stays. */
-    assert_int_equal(weft__stack_alloc(NULL, 64 * KiB, &a), 0);
+    /* A shallow task's slot: only its top page was touched, and it stays
+     * (the probed page under the kept ones reads as the zero page). */
+    assert_int_equal(weft__stack_alloc_ex(NULL, 64 * KiB, false, &a), 0);
     assert_ptr_equal(a.base, base);
     weft__stack_release(NULL, &a);
-    assert_int_equal(resident_pages(base, size - 2 * page), 0);
+    assert_int_equal(resident_pages(base, size - 3 * page), 0);
     /* The free slot is handed out again, with a fresh canary. */
     assert_int_equal(weft__stack_alloc(NULL, 64 * KiB, &a), 0);
     assert_ptr_equal(a.base, base);
@@ -1428,6 +1497,8 @@ int main(void)
         cmocka_unit_test(test_stack_sizes_round_up_to_pages_and_minimum),
         cmocka_unit_test(test_stack_cache_reuses_lifo_and_keeps_at_most_max),
         cmocka_unit_test(test_stack_cache_of_zero_keeps_nothing),
+        cmocka_unit_test(test_stack_depot_passes_stacks_between_caches),
+        cmocka_unit_test(test_stack_cached_after_a_deep_task_keeps_only_its_top_pages),
         cmocka_unit_test(test_stack_cache_new_fails_cleanly_without_memory),
         cmocka_unit_test(test_stack_canary_detects_overwrite),
         cmocka_unit_test(test_stack_guard_page_below_base_faults),
