@@ -70,6 +70,31 @@ weft_runnable_t *weft__inject_pop(weft_inject_t *q)
     return r;
 }
 
+weft_runnable_t *weft__inject_pop_batch(weft_inject_t *q, size_t max, size_t *n)
+{
+    *n = 0;
+    if (weft__inject_empty(q))
+        return NULL;
+    pthread_mutex_lock(&q->lock);
+    weft_runnable_t *first = q->head, *last = NULL;
+    size_t got = 0;
+    for (weft_runnable_t *r = first; r != NULL && got < max; r = r->inject_next) {
+        last = r;
+        got++;
+    }
+    if (got != 0) {
+        q->head = last->inject_next;
+        if (q->head == NULL)
+            q->tail = NULL;
+        last->inject_next = NULL;
+        atomic_store_explicit(&q->len, atomic_load_explicit(&q->len, memory_order_relaxed) - got,
+                              memory_order_relaxed);
+    }
+    pthread_mutex_unlock(&q->lock);
+    *n = got;
+    return got != 0 ? first : NULL;
+}
+
 /* ---- local ring ---------------------------------------------------------- */
 
 void weft__runq_init(weft_runq_t *q)

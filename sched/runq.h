@@ -85,6 +85,10 @@ void weft__inject_push_batch(weft_inject_t *q, weft_runnable_t *first, weft_runn
                              size_t n);
 void weft__inject_push(weft_inject_t *q, weft_runnable_t *r);
 weft_runnable_t *weft__inject_pop(weft_inject_t *q);
+/* Up to max entries (max >= 1) in one lock, as an inject_next-linked chain
+ * in FIFO order (the last one's link is NULL); *n gets how many.  NULL
+ * when empty. */
+weft_runnable_t *weft__inject_pop_batch(weft_inject_t *q, size_t max, size_t *n);
 static inline bool weft__inject_empty(weft_inject_t *q)
 {
     /* Relaxed: a hint; a caller that needs certainty takes the lock. */

@@ -21,10 +21,11 @@ __attribute__((noinline)) static void set_current_worker(weft_worker_t *w)
     __asm__ volatile("" ::: "memory");
 }
 
-#define STAT_INC(w, field)                                                                         \
+#define STAT_ADD(w, field, n)                                                                      \
     atomic_store_explicit(&(w)->stats.field,                                                       \
-                          atomic_load_explicit(&(w)->stats.field, memory_order_relaxed) + 1,       \
+                          atomic_load_explicit(&(w)->stats.field, memory_order_relaxed) + (n),     \
                           memory_order_relaxed)
+#define STAT_INC(w, field) STAT_ADD(w, field, 1)
 
 static uint64_t next_rand(weft_worker_t *w)
 {
@@ -116,6 +117,32 @@ static weft_task_t *from_inject(weft_worker_t *w)
     return weft__task_of_runnable(r);
 }
 
+/* With the local ring empty: take this worker's share of the inject queue
+ * in one lock (one task to run now, the rest into the ring, where other
+ * workers can steal them), as Tokio does.  A spawn storm from one worker
+ * overflows its ring into the inject queue, and popping those one lock
+ * at a time was a good part of what the other workers did. */
+static weft_task_t *from_inject_batch(weft_worker_t *w)
+{
+    weft_runtime_t *rt = w->rt;
+    size_t len = atomic_load_explicit(&rt->inject.len, memory_order_relaxed);
+    size_t max = len / rt->n + 1;
+    if (max > WEFT__RUNQ_CAP / 2)
+        max = WEFT__RUNQ_CAP / 2;
+    size_t n;
+    weft_runnable_t *r = weft__inject_pop_batch(&rt->inject, max, &n);
+    if (r == NULL)
+        return NULL;
+    STAT_ADD(w, inject_pops, n);
+    weft_runnable_t *rest = r->inject_next;
+    while (rest != NULL) {
+        weft_runnable_t *next = rest->inject_next;
+        weft__runq_push(&w->runq, rest, &rt->inject);
+        rest = next;
+    }
+    return weft__task_of_runnable(r);
+}
+
 static weft_task_t *next_local(weft_worker_t *w)
 {
     if (w->tick % WEFT__FAIRNESS_TICKS == 0) {
@@ -138,7 +165,7 @@ static weft_task_t *next_local(weft_worker_t *w)
     weft_runnable_t *r = weft__runq_pop(&w->runq);
     if (r != NULL)
         return weft__task_of_runnable(r);
-    return from_inject(w);
+    return from_inject_batch(w);
 }
 
 static void stop_searching(weft_worker_t *w, bool found)
