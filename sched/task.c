@@ -358,7 +358,6 @@ int weft__task_new(weft_fn fn, void *arg, const weft_spawn_opts_t *opts, weft_ru
     weft__future_init(&t->fut, future_loop);
     t->fut.dtor = task_dtor;
     atomic_init(&t->state, WEFT__T_SCHEDULED);
-    atomic_init(&t->cancel_count, 0);
     atomic_init(&t->must_cancel, 0);
     t->fn = fn;
     t->arg = arg;
@@ -832,19 +831,17 @@ int weft_task_cancel(weft_task_t *t, const char *msg)
     if (atomic_load_explicit(&t->state, memory_order_acquire) & WEFT__T_DONE)
         return 0;
     char *copy = msg != NULL ? weft__strdup(msg) : NULL; /* best effort: NULL keeps none */
-    /* Counted first, so a task that takes the request sees it counted. */
-    atomic_fetch_add_explicit(&t->cancel_count, 1, memory_order_relaxed);
     pthread_mutex_lock(&t->fut.lock);
-    /* acq_rel: release publishes the count (and, through the lock, the
-     * message) to take_cancel(); pairs with complete_task's fetch_or. */
+    /* Count it and make it pending in one step (task.h).  acq_rel: pairs
+     * with the RMWs of take_cancel(), uncancel and complete_task(). */
     unsigned old = atomic_load_explicit(&t->must_cancel, memory_order_relaxed);
     while (!(old & WEFT__C_CLOSED) &&
-           !atomic_compare_exchange_weak_explicit(&t->must_cancel, &old, old | WEFT__C_PENDING,
+           !atomic_compare_exchange_weak_explicit(&t->must_cancel, &old,
+                                                  (old + WEFT__C_ONE) | WEFT__C_PENDING,
                                                   memory_order_acq_rel, memory_order_relaxed))
         ;
     if (old & WEFT__C_CLOSED) {
         pthread_mutex_unlock(&t->fut.lock);
-        atomic_fetch_sub_explicit(&t->cancel_count, 1, memory_order_relaxed);
         weft__free(copy);
         return 0; /* it finished meanwhile */
     }
@@ -886,25 +883,26 @@ int weft_task_cancelling(const weft_task_t *t)
 {
     if (t == NULL)
         return 0;
-    return atomic_load_explicit(&((weft_task_t *)t)->cancel_count, memory_order_relaxed);
+    return (int)(atomic_load_explicit(&((weft_task_t *)t)->must_cancel, memory_order_relaxed) /
+                 WEFT__C_ONE);
 }
 
 int weft_task_uncancel(weft_task_t *t)
 {
     if (t == NULL)
         return -EINVAL;
-    int n = atomic_load_explicit(&t->cancel_count, memory_order_relaxed);
-    while (n > 0 && !atomic_compare_exchange_weak_explicit(
-                        &t->cancel_count, &n, n - 1, memory_order_relaxed, memory_order_relaxed))
-        ;
-    if (n <= 1) {
+    unsigned old = atomic_load_explicit(&t->must_cancel, memory_order_relaxed), next;
+    do {
+        if (old < WEFT__C_ONE)
+            return 0; /* nothing to withdraw */
+        next = old - WEFT__C_ONE;
         /* Python 3.13: with no request left, one not yet delivered is
          * withdrawn and never interrupts the task. */
-        atomic_fetch_and_explicit(&t->must_cancel, ~(unsigned)WEFT__C_PENDING,
-                                  memory_order_release);
-        return 0;
-    }
-    return n - 1;
+        if (next < WEFT__C_ONE)
+            next &= ~(unsigned)WEFT__C_PENDING;
+    } while (!atomic_compare_exchange_weak_explicit(&t->must_cancel, &old, next,
+                                                    memory_order_acq_rel, memory_order_relaxed));
+    return (int)(next / WEFT__C_ONE);
 }
 
 /* ---- names and enumeration ---------------------------------------------- */

@@ -60,14 +60,18 @@ enum {
     WEFT__T_DONE = 8,
 };
 
-/* must_cancel bits.  PENDING: a cancellation request not yet delivered.
- * CLOSED: the task finished (set by the same RMW that reads PENDING for
- * the last time), so weft_task_cancel refuses from then on: a request is
- * either seen by the finishing task or reported as "already done" (0),
- * never both. */
+/* The cancel word, must_cancel: (cancelling() << 2) | CLOSED | PENDING.
+ * PENDING: a cancellation request not yet delivered.  CLOSED: the task
+ * finished (set by the same RMW that reads PENDING for the last time), so
+ * weft_task_cancel refuses from then on: a request is either seen by the
+ * finishing task or reported as "already done" (0), never both.  The
+ * count lives in the same word so that a request is counted and made
+ * pending in one step: no uncancel or finishing task can see one without
+ * the other. */
 enum {
     WEFT__C_PENDING = 1,
     WEFT__C_CLOSED = 2,
+    WEFT__C_ONE = 4, /* one request in the count */
 };
 
 struct weft_runtime;
@@ -123,8 +127,7 @@ struct weft_task {
     struct weft_runtime *rt; /* NULL for a task of a standalone loop */
     weft_loop_t *home;       /* pinned loop or standalone loop; NULL = any worker */
     weft_handle_t post_h;    /* EMBED handle: resume through home's ready FIFO */
-    atomic_int cancel_count; /* cancelling() */
-    atomic_uint must_cancel; /* WEFT__C_* bits above */
+    atomic_uint must_cancel; /* the cancel word above */
     char *cancel_msg;        /* the pending request's message, else the last delivered
                                 one's (weft_task_cancel); under fut.lock */
     char *name;              /* name_buf, or a heap copy (weft__free unless == name_buf) */
