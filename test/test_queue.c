@@ -228,6 +228,15 @@ static void test_queue_fifo_lifo_and_priority_orders(void **state)
         weft_queue_free(q);
     }
 
+    /* Any pointer is an item, NULL included. */
+    weft_queue_t *nq = new_queue(WEFT_QUEUE_FIFO, 2);
+    assert_int_equal(weft_queue_put_nowait(nq, NULL), 0);
+    assert_int_equal(weft_queue_qsize(nq), 1);
+    void *got = SENTINEL;
+    assert_int_equal(weft_queue_get_nowait(nq, &got), 0);
+    assert_null(got);
+    weft_queue_free(nq);
+
     /* Equal priorities come out in put order. */
     weft_queue_t *q = NULL;
     assert_int_equal(weft_queue_new(WEFT_QUEUE_PRIORITY, 0, cmp_tens, &q), 0);
@@ -734,7 +743,7 @@ static int shutdown_now_driver(void *arg, void **result)
     CHECK(&g_rec, weft_queue_put(p->q, ITEM(0)) == 0);
     CHECK(&g_rec, weft_queue_put(p->q, ITEM(1)) == 0);
     void *item;
-    CHECK(&g_rec, weft_queue_get(p->q, &item) == 0); /* taken, not done */
+    CHECK(&g_rec, weft_queue_get(p->q, &item) == 0);   /* taken, not done */
     CHECK(&g_rec, weft_queue_put(p->q, ITEM(2)) == 0); /* full again */
     weft_task_t *pt = spawn(putter, &a[0]);
     AWAIT_TRUE(weft__queue_nwaiters(p->q, PUTTERS) == 1);

@@ -1,8 +1,8 @@
 /* weft — queues of void * items for tasks (asyncio.Queue, LifoQueue,
  * PriorityQueue), safe across workers.
  *
- * A queue holds pointers; it never dereferences or frees them.  maxsize 0
- * means unbounded.  put / get / join are suspension points (inside a task
+ * A queue holds pointers (any value, NULL included); it never dereferences
+ * or frees them.  maxsize 0 means unbounded.  put / get / join are suspension points (inside a task
  * only; cancellation makes them return WEFT_ECANCELED and then they have
  * put or got nothing); every other call works from any thread, including
  * loop callbacks and plain threads.  Waiting getters and putters are woken
