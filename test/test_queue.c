@@ -29,6 +29,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "sched/common.h" /* weft__alloc_fail_nth */
 #include "sched/waitq.h"
 #include "test/support/check.h"
 #include "weft.h"
@@ -320,6 +321,46 @@ static void test_queue_unbounded_queue_grows_and_keeps_order(void **state)
         prev = NUM(item);
     }
     weft_queue_free(q);
+}
+
+/* A put that needs more storage and cannot get it returns -ENOMEM and
+ * changes nothing (the item is not queued, nothing unfinished is added);
+ * the constructor reports -ENOMEM too.  The allocation seam is
+ * process-wide, so no runtime runs here. */
+static void test_queue_allocation_failures_are_enomem(void **state)
+{
+    (void)state;
+    weft_queue_t *q = SENTINEL;
+    weft__alloc_fail_nth(1);
+    assert_int_equal(weft_queue_new(WEFT_QUEUE_FIFO, 0, NULL, &q), -ENOMEM);
+    weft__alloc_fail_nth(0);
+    assert_ptr_equal(q, SENTINEL);
+
+    int kinds[] = {WEFT_QUEUE_FIFO, WEFT_QUEUE_LIFO, WEFT_QUEUE_PRIORITY};
+    for (int k = 0; k < 3; k++) {
+        q = new_queue(kinds[k], 0);
+        weft__alloc_fail_nth(1); /* the first put allocates the storage */
+        assert_int_equal(weft_queue_put_nowait(q, ITEM(1)), -ENOMEM);
+        weft__alloc_fail_nth(0);
+        assert_int_equal(weft_queue_qsize(q), 0);
+        assert_int_equal(weft_queue_task_done(q), -EINVAL);
+        int n = 0;
+        /* Fill until the next put has to grow, then fail that growth. */
+        for (; n < 16; n++)
+            assert_int_equal(weft_queue_put_nowait(q, ITEM(n)), 0);
+        weft__alloc_fail_nth(1);
+        assert_int_equal(weft_queue_put_nowait(q, ITEM(n)), -ENOMEM);
+        weft__alloc_fail_nth(0);
+        assert_int_equal(weft_queue_qsize(q), 16);
+        assert_int_equal(weft_queue_put_nowait(q, ITEM(n)), 0); /* grows now */
+        for (int i = 0; i < 17; i++) {
+            void *item;
+            assert_int_equal(weft_queue_get_nowait(q, &item), 0);
+            assert_int_equal(weft_queue_task_done(q), 0);
+        }
+        assert_int_equal(weft_queue_task_done(q), -EINVAL);
+        weft_queue_free(q);
+    }
 }
 
 /* ======================================================================== */
@@ -1080,6 +1121,7 @@ int main(int argc, char **argv)
         TEST(test_queue_fifo_lifo_and_priority_orders),
         TEST(test_queue_nowait_full_and_empty_codes),
         TEST(test_queue_unbounded_queue_grows_and_keeps_order),
+        TEST(test_queue_allocation_failures_are_enomem),
         TEST(test_queue_get_and_put_wait_only_when_they_must),
         TEST(test_queue_waiting_getters_and_putters_are_served_oldest_first),
         TEST(test_queue_woken_getter_that_finds_nothing_keeps_its_turn),
