@@ -55,7 +55,15 @@ WEFT_API void weft_task_release(weft_task_t *t);
  * result is non-NULL, f's error code, or WEFT_ECANCELED when f was
  * cancelled), or WEFT_ECANCELED when this task is cancelled while waiting,
  * -EINVAL (f NULL), -EPERM (not in a task), -EDEADLK (f is this task).
- * Thread: inside a task.  Suspends: yes. */
+ * A done f returns at once without suspending (no cancellation is
+ * delivered).  When a cancellation of this task is delivered here (also
+ * one pending on entry), asyncio's rule applies: a plain future is
+ * cancelled with the request's message and WEFT_ECANCELED is returned; a
+ * task is sent the request and awaited, and its outcome is returned (a
+ * task that swallows it yields its value; one already done makes this
+ * return WEFT_ECANCELED).  If f completes and the request arrives before
+ * this task resumes, f's outcome wins and the request stays pending.
+ * Thread: inside a task.  Suspends: yes (not when f is done). */
 WEFT_API int weft_await(weft_future_t *f, void **result);
 
 /* Let other ready tasks run (asyncio.sleep(0)).
@@ -81,15 +89,28 @@ typedef void (*weft_task_visit_fn)(weft_task_t *t, void *arg);
 WEFT_API int weft_all_tasks(weft_runtime_t *rt, weft_task_visit_fn fn, void *arg);
 
 /* Request cancellation: delivered at the task's next suspension point,
- * which returns WEFT_ECANCELED.
- * Returns 1 requested, 0 already done, -EINVAL.
- * Thread: any.  Suspends: no. */
+ * which returns WEFT_ECANCELED (several requests made before it are
+ * delivered once).  A task cancelled before its first step never runs
+ * its body.  A task that returns 0 with a request still undelivered ends
+ * cancelled; one that returns an error keeps it; one that catches the
+ * delivered cancellation and returns a value ends with that value.  msg
+ * (copied, nullable): the first message among the requests pending
+ * together; a request made after a delivery brings its own.  It becomes
+ * the task's future message if the task ends cancelled, and is passed on
+ * to the future or task it awaits.
+ * Returns 1 requested (the task had not finished: it will see it, or end
+ * cancelled), 0 already done (not counted), -EINVAL.
+ * Thread: any, also a plain pthread.  Suspends: no. */
 WEFT_API int weft_task_cancel(weft_task_t *t, const char *msg);
 
-/* Pending cancellation requests of t (0 if none).  Thread: any. */
+/* Cancellation requests of t not withdrawn by weft_task_uncancel,
+ * delivered or not (asyncio's cancelling()); 0 for NULL.
+ * Thread: any.  Suspends: no. */
 WEFT_API int weft_task_cancelling(const weft_task_t *t);
 
-/* Withdraw one request; returns the remaining count.  -EINVAL for NULL.
+/* Withdraw one request; returns the remaining count (0 when there was
+ * none).  When none remains, a request not yet delivered is withdrawn
+ * too and never interrupts the task (Python 3.13).  -EINVAL for NULL.
  * Thread: any (normally the task itself).  Suspends: no. */
 WEFT_API int weft_task_uncancel(weft_task_t *t);
 
