@@ -205,6 +205,17 @@ static void test_lock_argument_and_context_errors(void **state)
     assert_false(weft_lock_locked(NULL));
     weft_lock_free(NULL);
 
+    /* In debug mode the refusal is logged, naming the function. */
+    log_needle = "weft_lock_acquire";
+    atomic_store(&log_hits, 0);
+    assert_int_equal(weft_set_log_handler(count_log, NULL), 0);
+    assert_int_equal(setenv("WEFT_DEBUG", "1", 1), 0);
+    assert_int_equal(weft_lock_acquire(lk), -EPERM);
+    assert_int_equal(unsetenv("WEFT_DEBUG"), 0);
+    assert_int_equal(weft_lock_acquire(lk), -EPERM); /* not logged */
+    assert_int_equal(weft_set_log_handler(NULL, NULL), 0);
+    assert_int_equal(atomic_load(&log_hits), 1);
+
     /* asyncio: RuntimeError('Lock is not acquired.') */
     assert_int_equal(weft_lock_release(lk), WEFT_EINVALSTATE);
     /* Non-suspending calls work from a plain thread. */
