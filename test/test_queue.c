@@ -858,6 +858,123 @@ static void test_queue_free_with_a_waiter_is_refused_and_logged(void **state)
     assert_int_equal(atomic_load(&log_hits), 1);
 }
 
+/* A loop callback may use the non-suspending calls (its put_nowait wakes a
+ * task), and is refused the suspending ones. */
+typedef struct cb_probe {
+    weft_queue_t *q;
+    int put_rc, get_rc, join_rc, nowait_rc;
+    atomic_int ran;
+} cb_probe_t;
+
+static void queue_cb(void *arg)
+{
+    cb_probe_t *c = arg;
+    void *item = SENTINEL;
+    c->get_rc = weft_queue_get(c->q, &item);
+    c->join_rc = weft_queue_join(c->q);
+    c->put_rc = weft_queue_put(c->q, ITEM(1));
+    c->nowait_rc = weft_queue_put_nowait(c->q, ITEM(42));
+    atomic_store(&c->ran, 1);
+}
+
+static int cb_getter(void *arg, void **result)
+{
+    (void)result;
+    cb_probe_t *c = arg;
+    void *item = NULL;
+    int rc = weft_queue_get(c->q, &item);
+    CHECK(&g_rec, rc == 0 && NUM(item) == 42);
+    return rc;
+}
+
+static void test_queue_from_a_loop_callback(void **state)
+{
+    (void)state;
+    weft_runtime_t *rt = new_rt(2);
+    cb_probe_t c = {.q = new_queue(WEFT_QUEUE_FIFO, 1)};
+    atomic_init(&c.ran, 0);
+    weft_future_t *f;
+    assert_int_equal(weft_runtime_submit(rt, cb_getter, &c, &f), 0);
+    WAIT_TRUE(weft__queue_nwaiters(c.q, GETTERS) == 1);
+    assert_int_equal(weft_loop_call_soon_threadsafe(weft_runtime_loop(rt, 1), queue_cb, &c, NULL),
+                     0);
+    assert_int_equal(weft_future_wait(f, WAIT_LIMIT), 0);
+    assert_int_equal(weft_future_result(f, NULL), 0);
+    weft_future_release(f);
+    WAIT_TRUE(atomic_load(&c.ran) == 1);
+    ASSERT_NO_FAILURE(&g_rec);
+    assert_int_equal(c.get_rc, -EPERM);
+    assert_int_equal(c.join_rc, -EPERM);
+    assert_int_equal(c.put_rc, -EPERM);
+    assert_int_equal(c.nowait_rc, 0);
+    free_rt(rt);
+    weft_queue_free(c.q);
+}
+
+/* Tasks of a standalone loop (woken through their loop, not a worker)
+ * pass items through a 1-slot queue. */
+static int sl_producer(void *arg, void **result)
+{
+    (void)result;
+    weft_queue_t *q = arg;
+    for (int i = 0; i < 100; i++)
+        CHECK(&g_rec, weft_queue_put(q, ITEM(i)) == 0);
+    CHECK(&g_rec, weft_queue_shutdown(q, false) == 0);
+    return 0;
+}
+
+static int sl_consumer(void *arg, void **result)
+{
+    weft_queue_t *q = arg;
+    int n = 0;
+    for (;;) {
+        void *item;
+        int rc = weft_queue_get(q, &item);
+        if (rc == WEFT_EQSHUTDOWN)
+            break;
+        CHECK(&g_rec, rc == 0 && NUM(item) == n);
+        n++;
+    }
+    *result = ITEM(n);
+    return 0;
+}
+
+typedef struct sl_spawn {
+    weft_queue_t *q;
+    weft_task_t *prod, *cons;
+} sl_spawn_t;
+
+static void sl_spawn_cb(void *arg)
+{
+    sl_spawn_t *s = arg;
+    CHECK(&g_rec, weft_spawn(sl_consumer, s->q, NULL, &s->cons) == 0);
+    CHECK(&g_rec, weft_spawn(sl_producer, s->q, NULL, &s->prod) == 0);
+}
+
+static void test_queue_between_tasks_of_a_standalone_loop(void **state)
+{
+    (void)state;
+    weft_loop_t *loop = NULL;
+    assert_int_equal(weft_loop_new(&loop), 0);
+    sl_spawn_t s = {.q = new_queue(WEFT_QUEUE_FIFO, 1)};
+    assert_int_equal(weft_loop_call_soon(loop, sl_spawn_cb, &s, NULL), 0);
+    assert_int_equal(weft_loop_stop(loop), 0);
+    assert_int_equal(weft_loop_run_forever(loop), 0); /* one iteration: spawns */
+    ASSERT_NO_FAILURE(&g_rec);
+    assert_non_null(s.cons);
+    assert_int_equal(weft_loop_run_until_complete(loop, weft_task_future(s.cons)), 0);
+    assert_int_equal(weft_loop_run_until_complete(loop, weft_task_future(s.prod)), 0);
+    ASSERT_NO_FAILURE(&g_rec);
+    void *n = NULL;
+    assert_int_equal(weft_future_result(weft_task_future(s.cons), &n), 0);
+    assert_int_equal(NUM(n), 100);
+    weft_task_release(s.cons);
+    weft_task_release(s.prod);
+    assert_int_equal(weft_loop_close(loop), 0);
+    weft_loop_free(loop);
+    weft_queue_free(s.q);
+}
+
 /* ======================================================================== */
 /* Parallel                                                                  */
 /* ======================================================================== */
@@ -1131,6 +1248,8 @@ int main(int argc, char **argv)
         TEST(test_queue_shutdown_fails_puts_and_drains_gets),
         TEST(test_queue_shutdown_immediate_drops_items_and_releases_join),
         TEST(test_queue_free_with_a_waiter_is_refused_and_logged),
+        TEST(test_queue_from_a_loop_callback),
+        TEST(test_queue_between_tasks_of_a_standalone_loop),
         TEST(test_queue_bounded_mpmc_over_8_workers_delivers_each_item_once),
         TEST(test_queue_random_cancellations_never_lose_an_item),
     };
