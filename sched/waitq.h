@@ -122,11 +122,11 @@ static inline void weft__waitq_remove(weft__waitq_t *q, weft__waiter_t *w)
 }
 
 /* A cancellation request is pending for w's task (a hint; see above).
- * Bit 0 of must_cancel is the pending request (WEFT__C_PENDING).  Relaxed:
- * nothing is read on the strength of it. */
+ * Relaxed: nothing is read on the strength of it. */
 static inline bool weft__waiter_cancelled(const weft__waiter_t *w)
 {
-    return (atomic_load_explicit(&w->task->must_cancel, memory_order_relaxed) & 1u) != 0;
+    return (atomic_load_explicit(&w->task->must_cancel, memory_order_relaxed) & WEFT__C_PENDING) !=
+           0;
 }
 
 /* The first waiter whose task has no cancellation pending, or NULL. */
