@@ -2229,13 +2229,15 @@ static void test_runtime_worker_stats_counters_move_plausibly(void **state)
                   (unsigned long long)(c.eventfd_writes - b.eventfd_writes));
     assert_true(c.steals > b.steals);
     /* A steal batch takes at least one task; every counter only grows;
-     * nothing runs more from the LIFO slot than it runs at all. */
+     * nothing runs more from the LIFO slot than it runs at all.  A worker
+     * takes a batch from the inject queue into its ring, where others may
+     * steal part of it, so inject pops bound tasks run only in total. */
     for (unsigned i = 0; i < W; i++) {
         weft_worker_stats_t w = stats_of(rt, i);
         assert_true(w.stolen_tasks >= w.steals);
         assert_true(w.lifo_runs <= w.tasks_run);
-        assert_true(w.inject_pops <= w.tasks_run);
     }
+    assert_true(c.inject_pops <= c.tasks_run);
     assert_true(c.tasks_run >= b.tasks_run && c.parks >= b.parks &&
                 c.eventfd_writes >= b.eventfd_writes && c.inject_pops >= b.inject_pops &&
                 c.lifo_runs >= b.lifo_runs);
