@@ -260,9 +260,20 @@ int weft_timeout_reschedule(weft_timeout_t *to, int64_t when_ns)
     if (to->state != TO_ENTERED) {
         rc = WEFT_EINVALSTATE; /* asyncio: "Cannot change state of expiring Timeout" */
     } else {
-        disarm_locked(to);
+        /* Arm the new deadline first, so a failure leaves the old one. */
+        weft_handle_t *old_h = to->h;
+        int64_t old_when = to->when;
+        to->h = NULL;
         to->when = when_ns;
         rc = arm_locked(to);
+        weft_handle_t *new_h = to->h;
+        to->h = old_h;
+        if (rc != 0) {
+            to->when = old_when;
+        } else {
+            disarm_locked(to);
+            to->h = new_h;
+        }
     }
     pthread_mutex_unlock(&to->lock);
     return rc;
@@ -338,8 +349,7 @@ int weft_wait_for(weft_future_t *f, int64_t timeout_ns, void **result)
          * finish, without handing our own cancellation on to f. */
         if (weft_future_done(f))
             return outcome(f, result);
-        weft__future_cancel_any(f, NULL);
-        int rc = weft__wait_done(t, f);
+        int rc = weft__wait_done(t, f, true);
         if (rc != 0)
             return rc;
         if (weft_future_cancelled(f))

@@ -87,9 +87,11 @@ int weft__alarm_arm(weft__alarm_t *a, weft_task_t *t, int64_t deadline_ns);
 /* Cancel the alarm if armed.  Thread: inside t, or the abandoning thread. */
 void weft__alarm_disarm(weft__alarm_t *a);
 
-/* Wait until f is done without touching it: 0, or WEFT_ECANCELED when a
- * request for t is delivered first (also one pending on entry, unless f
- * is already done).  -ENOMEM.  Thread: inside t. */
-int weft__wait_done(weft_task_t *t, weft_future_t *f);
+/* Wait until f is done, without passing t's own cancellation on to f: 0,
+ * or WEFT_ECANCELED when a request for t is delivered first (also one
+ * pending on entry, unless f is done by then).  With cancel, f is
+ * cancelled (weft__future_cancel_any) once the wait is set up, so an
+ * -ENOMEM leaves f untouched.  Thread: inside t. */
+int weft__wait_done(weft_task_t *t, weft_future_t *f, bool cancel);
 
 #endif /* WEFT_SCHED_CANCEL_H */

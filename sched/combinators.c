@@ -172,7 +172,7 @@ static bool check_fs(weft_future_t *const *fs, size_t n)
 
 /* ---- wait_done (wait_for's _cancel_and_wait) ------------------------------------- */
 
-int weft__wait_done(weft_task_t *t, weft_future_t *f)
+int weft__wait_done(weft_task_t *t, weft_future_t *f, bool cancel)
 {
     if (weft_future_done(f))
         return 0;
@@ -181,6 +181,8 @@ int weft__wait_done(weft_task_t *t, weft_future_t *f)
     int rc = weft__fanin_init(&ws.fi, t, one, 1);
     if (rc != 0)
         return rc;
+    if (cancel)
+        weft__future_cancel_any(f, NULL);
     size_t idx;
     for (;;) {
         if (weft__fanin_next(&ws.fi, &idx))

@@ -26,6 +26,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "sched/common.h" /* weft__alloc_fail_nth: the allocation-failure seam */
 #include "test/support/check.h"
 #include "test/support/taskrun.h"
 #include "weft.h"
@@ -1639,6 +1640,149 @@ static void test_wait_for_errors(void **state)
     tr_free_rt(rt);
 }
 
+/* ========================================================================== */
+/* Allocation failure                                                          */
+/* ========================================================================== */
+
+/* Every function of cancel.h and the task context that allocates returns
+ * -ENOMEM with no effect when the nth allocation fails, for every n until
+ * it succeeds.  Run on a standalone loop, so the test thread is the only
+ * one allocating (the seam counts allocations process-wide). */
+#define NOMEM_LIMIT 64
+
+/* Try `call` with allocation n failing, n = 1, 2, ...: each attempt gives
+ * -ENOMEM and satisfies `untouched`, until one gives `ok_rc`.  At least
+ * one attempt must fail (every one of these allocates). */
+#define NOMEM_LOOP(rc, call, ok_rc, untouched)                                                     \
+    do {                                                                                           \
+        int fails_ = 0;                                                                            \
+        for (long n_ = 1; n_ <= NOMEM_LIMIT; n_++) {                                               \
+            weft__alloc_fail_nth(n_);                                                              \
+            rc = (call);                                                                           \
+            weft__alloc_fail_nth(0);                                                               \
+            if (rc != -ENOMEM)                                                                     \
+                break;                                                                             \
+            fails_++;                                                                              \
+            CHECK(&g_rec, (untouched));                                                            \
+        }                                                                                          \
+        CHECK(&g_rec, rc == (ok_rc));                                                              \
+        CHECK(&g_rec, fails_ >= 1);                                                                \
+    } while (0)
+
+/* Waits for `go` through a shield: a kid the group gives up on (and
+ * cancels) must not cancel the shared `go`. */
+static int nomem_kid(void *arg, void **result)
+{
+    (void)result;
+    weft_future_t *outer = NULL;
+    int rc = weft_shield(arg, &outer);
+    if (rc != 0)
+        return rc;
+    rc = weft_await(outer, NULL);
+    weft_future_release(outer);
+    return rc;
+}
+
+static int nomem_body(void *arg, void **result)
+{
+    (void)arg;
+    (void)result;
+    int rc;
+    weft_future_t *sentinel = (weft_future_t *)&tag_a;
+
+    /* shield */
+    weft_future_t *in = new_future(), *out = sentinel;
+    NOMEM_LOOP(rc, weft_shield(in, &out), 0, out == sentinel);
+    CHECK(&g_rec, weft_future_set_result(in, &tag_b) == 0);
+    void *v = NULL;
+    CHECK(&g_rec, weft_await(out, &v) == 0 && v == &tag_b);
+    weft_future_release(out);
+    weft_future_release(in);
+
+    /* timeout scopes */
+    weft_timeout_t *to = (weft_timeout_t *)&tag_a;
+    NOMEM_LOOP(rc, weft_timeout_enter(SEC, &to), 0, to == (weft_timeout_t *)&tag_a);
+    int64_t when = weft_timeout_when(to);
+    int64_t later = when + SEC;
+    NOMEM_LOOP(rc, weft_timeout_reschedule(to, later), 0, weft_timeout_when(to) == when);
+    CHECK(&g_rec, weft_timeout_when(to) == later);
+    CHECK(&g_rec, weft_timeout_exit(to, 0) == 0);
+    CHECK(&g_rec, weft_task_cancelling(weft_current_task()) == 0);
+
+    /* wait_for, with a timeout and with 0: f is left alone on failure */
+    for (int zero = 0; zero < 2; zero++) {
+        weft_future_t *f = new_future();
+        NOMEM_LOOP(rc, weft_wait_for(f, zero ? 0 : MS, NULL), WEFT_ETIMEDOUT, !weft_future_done(f));
+        CHECK(&g_rec, weft_future_cancelled(f));
+        weft_future_release(f);
+    }
+
+    /* gather and wait */
+    weft_future_t *fs[2] = {new_future(), new_future()};
+    CHECK(&g_rec, weft_future_set_result(fs[0], NULL) == 0);
+    bool done[2] = {false, false};
+    NOMEM_LOOP(rc, weft_wait(fs, 2, WEFT_ALL_COMPLETED, MS, done), 1, !done[0]);
+    CHECK(&g_rec, done[0] && !done[1]);
+    CHECK(&g_rec, weft_future_set_result(fs[1], NULL) == 0);
+    NOMEM_LOOP(rc, weft_gather(fs, 2, false), 0, true);
+
+    /* as_completed */
+    weft_as_completed_t *it = (weft_as_completed_t *)&tag_a;
+    weft_future_t *pend = new_future();
+    weft_future_t *ac[2] = {fs[0], pend};
+    NOMEM_LOOP(rc, weft_as_completed_new(ac, 2, 2 * MS, &it), 0,
+               it == (weft_as_completed_t *)&tag_a);
+    weft_future_t *got = NULL;
+    CHECK(&g_rec, weft_as_completed_next(it, &got) == 1 && got == fs[0]);
+    NOMEM_LOOP(rc, weft_as_completed_next(it, &got), WEFT_ETIMEDOUT, got == fs[0]);
+    weft_as_completed_free(it);
+    weft_future_release(pend);
+    weft_future_release(fs[0]);
+    weft_future_release(fs[1]);
+
+    /* TaskGroup: new, spawn (the child, or the group's watch on it), exit
+     * (its wait) */
+    weft_taskgroup_t *g = (weft_taskgroup_t *)&tag_a;
+    NOMEM_LOOP(rc, weft_taskgroup_new(&g), 0, g == (weft_taskgroup_t *)&tag_a);
+    weft_future_t *go = new_future();
+    weft_task_t *kid = (weft_task_t *)&tag_a;
+    NOMEM_LOOP(rc, weft_taskgroup_spawn(g, nomem_kid, go, NULL, &kid), 0,
+               kid == (weft_task_t *)&tag_a);
+    /* Exit allocates what it waits on first (then it would wait). */
+    weft__alloc_fail_nth(1);
+    rc = weft_taskgroup_exit(g, 0);
+    weft__alloc_fail_nth(0);
+    CHECK(&g_rec, rc == -ENOMEM);
+    CHECK(&g_rec, weft_future_set_result(go, NULL) == 0);
+    CHECK(&g_rec, weft_taskgroup_exit(g, 0) == 0); /* still open after a failed exit */
+    CHECK(&g_rec, weft_future_done(weft_task_future(kid)));
+    weft_task_release(kid);
+    weft_taskgroup_free(g);
+    weft_future_release(go);
+
+    /* task context */
+    weft_context_key_t *key = (weft_context_key_t *)&tag_a;
+    NOMEM_LOOP(rc, weft_context_key_new(NULL, &key), 0, key == (weft_context_key_t *)&tag_a);
+    NOMEM_LOOP(rc, weft_context_set(key, &tag_b), 0, weft_context_get(key) == NULL);
+    CHECK(&g_rec, weft_context_get(key) == &tag_b);
+    weft_context_key_free(key);
+    return 0;
+}
+
+static void test_cancel_apis_fail_cleanly_when_memory_runs_out(void **state)
+{
+    (void)state;
+    weft_loop_t *loop = NULL;
+    assert_int_equal(weft_loop_new(&loop), 0);
+    weft_future_t *f = NULL;
+    assert_int_equal(weft_run_coroutine_threadsafe(loop, nomem_body, NULL, &f), 0);
+    assert_int_equal(weft_loop_run_until_complete(loop, f), 0);
+    weft_future_release(f);
+    ASSERT_NO_FAILURE(&g_rec);
+    assert_int_equal(weft_loop_close(loop), 0);
+    weft_loop_free(loop);
+}
+
 int main(int argc, char **argv)
 {
     (void)argc;
@@ -1673,6 +1817,7 @@ int main(int argc, char **argv)
         TEST(test_wait_for_zero_timeout),
         TEST(test_wait_for_cancelled_from_outside_is_ecanceled),
         TEST(test_wait_for_errors),
+        TEST(test_cancel_apis_fail_cleanly_when_memory_runs_out),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -86,7 +86,7 @@ WEFT_API int weft_timeout_exit(weft_timeout_t *t, int status);
  * Returns f's outcome (0 with *result set when result is non-NULL, or f's
  * code), WEFT_ETIMEDOUT, WEFT_ECANCELED (this task cancelled: f is
  * cancelled too), -EINVAL (f NULL, timeout below -1), -EDEADLK (f is this
- * task), -ENOMEM, -EPERM (not in a task).
+ * task), -ENOMEM (f untouched), -EPERM (not in a task).
  * Thread: inside a task.  Suspends: yes. */
 WEFT_API int weft_wait_for(weft_future_t *f, int64_t timeout_ns, void **result);
 
