@@ -1321,6 +1321,52 @@ static void test_timeout_errors(void **state)
     tr_free_rt(rt);
 }
 
+/* From a plain thread: moving the deadline needs a loop to arm it on
+ * (-EPERM); disarming does not. */
+typedef struct plain_resched {
+    weft_timeout_t *to;
+    atomic_int published; /* release: publishes to */
+    weft_future_t *go;    /* completed by the test thread */
+    int exit_rc;
+} plain_resched_t;
+
+static int plain_resched_body(void *arg, void **result)
+{
+    (void)result;
+    plain_resched_t *p = arg;
+    CHECK(&g_rec, weft_timeout_enter(100 * SEC, &p->to) == 0);
+    atomic_store_explicit(&p->published, 1, memory_order_release);
+    int rc = weft_await(p->go, NULL);
+    p->exit_rc = weft_timeout_exit(p->to, rc);
+    return 0;
+}
+
+static void test_timeout_reschedule_from_a_plain_thread(void **state)
+{
+    (void)state;
+    weft_runtime_t *rt = tr_new_rt(1);
+    plain_resched_t p = {.to = NULL, .exit_rc = 1};
+    atomic_init(&p.published, 0);
+    assert_int_equal(weft_future_new(weft_runtime_loop(rt, 0), &p.go), 0);
+    weft_future_t *f = NULL;
+    assert_int_equal(weft_runtime_submit(rt, plain_resched_body, &p, &f), 0);
+    for (int i = 0; i < 30000 && !atomic_load_explicit(&p.published, memory_order_acquire); i++)
+        tr_sleep_ms(1);
+    assert_int_equal(atomic_load_explicit(&p.published, memory_order_acquire), 1);
+    assert_int_equal(weft_timeout_reschedule(p.to, tr_now_ns() + 100 * SEC), -EPERM);
+    assert_int_equal(weft_timeout_reschedule(p.to, -1), 0);
+    assert_int_equal(weft_timeout_when(p.to), -1);
+    assert_false(weft_timeout_expired(p.to));
+    assert_int_equal(weft_future_set_result(p.go, NULL), 0);
+    assert_int_equal(weft_future_wait(f, WAIT_LIMIT), 0);
+    assert_int_equal(weft_future_result(f, NULL), 0);
+    assert_int_equal(p.exit_rc, 0);
+    weft_future_release(f);
+    weft_future_release(p.go);
+    ASSERT_NO_FAILURE(&g_rec);
+    tr_free_rt(rt);
+}
+
 /* A task abandoned at shutdown inside a scope: the scope is undone with
  * it (no leak, no timer firing into freed memory). */
 static int stubborn_in_scope(void *arg, void **result)
@@ -1811,6 +1857,7 @@ int main(int argc, char **argv)
         TEST(test_timeout_reschedule_moves_the_deadline),
         TEST(test_timeout_reschedule_from_another_task),
         TEST(test_timeout_errors),
+        TEST(test_timeout_reschedule_from_a_plain_thread),
         TEST(test_timeout_scope_of_an_abandoned_task_is_undone),
         TEST(test_wait_for_returns_the_outcome_or_times_out),
         TEST(test_wait_for_timeout_cancels_the_task_and_waits_for_it),

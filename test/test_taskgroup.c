@@ -555,6 +555,53 @@ static void test_taskgroup_errors(void **state)
     tr_free_rt(rt);
 }
 
+/* From a plain thread: spawning needs a task or a loop callback (weft_spawn's
+ * -EPERM); reading the error list works anywhere. */
+typedef struct plain_spawn {
+    weft_taskgroup_t *g;
+    atomic_int published; /* release: publishes g */
+    weft_future_t *go;
+    int exit_rc;
+} plain_spawn_t;
+
+static int plain_spawn_body(void *arg, void **result)
+{
+    (void)result;
+    plain_spawn_t *p = arg;
+    CHECK(&g_rec, weft_taskgroup_new(&p->g) == 0);
+    atomic_store_explicit(&p->published, 1, memory_order_release);
+    int rc = weft_await(p->go, NULL);
+    p->exit_rc = weft_taskgroup_exit(p->g, rc);
+    weft_taskgroup_free(p->g);
+    return 0;
+}
+
+static void test_taskgroup_spawn_from_a_plain_thread_is_eperm(void **state)
+{
+    (void)state;
+    weft_runtime_t *rt = tr_new_rt(1);
+    plain_spawn_t p = {.g = NULL, .exit_rc = 1};
+    atomic_init(&p.published, 0);
+    assert_int_equal(weft_future_new(weft_runtime_loop(rt, 0), &p.go), 0);
+    weft_future_t *f = NULL;
+    assert_int_equal(weft_runtime_submit(rt, plain_spawn_body, &p, &f), 0);
+    for (int i = 0; i < 30000 && !atomic_load_explicit(&p.published, memory_order_acquire); i++)
+        tr_sleep_ms(1);
+    assert_int_equal(atomic_load_explicit(&p.published, memory_order_acquire), 1);
+    weft_task_t *t = (weft_task_t *)&tag_a;
+    assert_int_equal(weft_taskgroup_spawn(p.g, kid_body, NULL, NULL, &t), -EPERM);
+    assert_ptr_equal(t, &tag_a);
+    assert_int_equal(weft_taskgroup_error_count(p.g), 0);
+    assert_int_equal(weft_taskgroup_exit(p.g, 0), -EPERM);
+    assert_int_equal(weft_future_set_result(p.go, NULL), 0);
+    assert_int_equal(weft_future_wait(f, WAIT_LIMIT), 0);
+    assert_int_equal(p.exit_rc, 0); /* the refused spawn left nothing to wait for */
+    weft_future_release(f);
+    weft_future_release(p.go);
+    ASSERT_NO_FAILURE(&g_rec);
+    tr_free_rt(rt);
+}
+
 /* Freed without exit: the children run on, and the group's memory goes
  * with the last of them (ASan/LSan check it).  b's failure still aborts
  * the group (a may end cancelled) and sends this task the group's
@@ -685,6 +732,7 @@ int main(int argc, char **argv)
         TEST(test_taskgroup_body_error_aborts_and_is_listed),
         TEST(test_taskgroup_eager_child_failing_inside_spawn),
         TEST(test_taskgroup_errors),
+        TEST(test_taskgroup_spawn_from_a_plain_thread_is_eperm),
         TEST(test_taskgroup_freed_without_exit_lets_children_finish),
         TEST(test_taskgroup_many_children_across_workers),
     };
