@@ -10,7 +10,8 @@
  * round the driver prepares helpers for one kind of suspension point —
  * await of a future or of a task, sleep, yield, to_thread, a timeout
  * scope, wait_for, gather, wait, as_completed, a TaskGroup, shield, and
- * the sync primitives (lock, semaphore, event, condition) — spawns a
+ * the sync primitives (lock, semaphore, event, condition) and a queue
+ * (get from an empty one, put into a full one) — spawns a
  * victim task that waits there, and cancels it from none, one or two of:
  *   - a canceller task, after 0-3 yields (usually on another worker);
  *   - the driver itself, after 0-3 yields;
@@ -26,7 +27,8 @@
  *      cancellation, a TaskGroup's request to its parent, are withdrawn);
  *   3. its result marker is intact, a value read through a suspension
  *      point is the one that was sent, a timeout reported as timed out
- *      had expired;
+ *      had expired; a queue item is neither lost nor duplicated (a
+ *      cancelled get took nothing, a cancelled put put nothing);
  *   4. each round record is judged exactly once (magic, then DEAD);
  *   5. at the end: the shared lock is free, the semaphore has all its
  *      permits, the runtime shuts down with nothing abandoned and no task
@@ -81,13 +83,14 @@ enum kind {
     K_SEM,
     K_EVENT,
     K_COND,
+    K_QUEUE,
     NKINDS
 };
 
 static const char *const kind_names[NKINDS] = {
     "await-future", "await-task", "sleep", "yield",        "to_thread", "timeout",
     "wait_for",     "gather",     "wait",  "as_completed", "taskgroup", "shield",
-    "lock",         "sem",        "event", "cond",
+    "lock",         "sem",        "event", "cond",         "queue",
 };
 
 /* Cancellers of a round (bits). */
@@ -111,7 +114,11 @@ typedef struct round_rec {
     int nkids;
     weft_event_t *event;
     weft_cond_t *cond;
-    bool cond_flag; /* under the condition's lock */
+    bool cond_flag;      /* under the condition's lock */
+    weft_queue_t *queue; /* K_QUEUE: one slot */
+    bool queue_put;      /* the victim puts into a full queue (else gets) */
+    int queue_rc;
+    void *queue_item;
     /* what the victim saw */
     void *value;
     /* A timeout was reported while a request was counted: one accepted
@@ -259,6 +266,25 @@ static int setter_body(void *arg, void **result)
             EXPECT(weft_cond_notify_all(r->cond) >= 0, "notify_all");
             EXPECT(weft_cond_release(r->cond) == 0, "cond_release");
         }
+    }
+    return 0;
+}
+
+/* The other side of a K_QUEUE round, after a moment: gets the item that
+ * fills the queue (the victim's put can then go in), or puts the one the
+ * victim waits for. */
+static int queue_helper_body(void *arg, void **result)
+{
+    (void)result;
+    round_rec_t *r = arg;
+    (void)weft_sleep(20 * US);
+    if (r->queue_put) {
+        void *item = NULL;
+        int rc = weft_queue_get(r->queue, &item);
+        EXPECT(rc == 0 && item == &res_group, "queue helper get: %s", weft_err_name(rc));
+    } else {
+        int rc = weft_queue_put(r->queue, &res_timedout);
+        EXPECT(rc == 0, "queue helper put: %s", weft_err_name(rc));
     }
     return 0;
 }
@@ -473,6 +499,14 @@ static int victim_body(void *arg, void **result)
         }
         EXPECT(rc == 0 || rc == WEFT_ECANCELED, "cond: %s", weft_err_name(rc));
         return end_with(rc, result, &res_normal);
+    case K_QUEUE:
+        if (r->queue_put)
+            rc = weft_queue_put(r->queue, &res_normal);
+        else
+            rc = weft_queue_get(r->queue, &r->queue_item);
+        r->queue_rc = rc;
+        EXPECT(rc == 0 || rc == WEFT_ECANCELED, "queue: %s", weft_err_name(rc));
+        return end_with(rc, result, &res_normal);
     default:
         fail("bad kind %d", r->kind);
         return 0;
@@ -628,6 +662,18 @@ static void run_round(uint64_t *rng)
             fail("cond_new");
         helper = spawn_or_fail(setter_body, r);
         break;
+    case K_QUEUE:
+        r->queue_put = rnd(rng, 2) == 0;
+        r->queue_rc = 1;
+        if (weft_queue_new(WEFT_QUEUE_FIFO, 1, NULL, &r->queue) != 0) {
+            fail("queue_new");
+            r->kind = K_YIELD;
+            break;
+        }
+        if (r->queue_put)
+            EXPECT(weft_queue_put_nowait(r->queue, &res_group) == 0, "queue prefill");
+        helper = spawn_or_fail(queue_helper_body, r);
+        break;
     default:
         break;
     }
@@ -698,6 +744,27 @@ static void run_round(uint64_t *rng)
         weft_event_free(r->event);
     if (r->cond != NULL)
         weft_cond_free(r->cond);
+    if (r->queue != NULL) {
+        /* Exactly one copy of each item: the victim's op either happened
+         * in full or not at all (an unstarted victim did nothing). */
+        void *item = NULL;
+        int grc = weft_queue_get_nowait(r->queue, &item);
+        if (r->queue_put) {
+            if (r->queue_rc == 0)
+                EXPECT(grc == 0 && item == &res_normal, "queue: the put item is missing");
+            else
+                EXPECT(grc == WEFT_EQUEUEEMPTY, "queue: a cancelled put left %s",
+                       grc == 0 ? "an item" : weft_err_name(grc));
+        } else {
+            if (r->queue_rc == 0)
+                EXPECT(r->queue_item == &res_timedout && grc == WEFT_EQUEUEEMPTY,
+                       "queue: item %s, queue %s", r->queue_item == &res_timedout ? "ok" : "bad",
+                       weft_err_name(grc));
+            else
+                EXPECT(grc == 0 && item == &res_timedout, "queue: a cancelled get took the item");
+        }
+        weft_queue_free(r->queue);
+    }
     free(r);
 }
 
