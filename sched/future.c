@@ -335,8 +335,17 @@ static int complete(weft_future_t *f, int final, void *value, int code, char *ms
     pthread_mutex_lock(&f->lock);
     f->cbs_closed = true;
     /* Wake awaiting tasks directly (no loop hop).  Under the lock, so a
-     * waiter's node stays valid until its wake returned (future.h). */
-    weft_waiter_t *w = f->waiters_list;
+     * waiter's node stays valid until its wake returned (future.h).  The
+     * list is pushed at its head; reversed, waiters wake in the order they
+     * came (a task group's completion hook, registered at spawn, runs
+     * before the wake of a parent that awaits the child later). */
+    weft_waiter_t *w = NULL;
+    for (weft_waiter_t *x = f->waiters_list; x != NULL;) {
+        weft_waiter_t *next = x->next;
+        x->next = w;
+        w = x;
+        x = next;
+    }
     f->waiters_list = NULL;
     while (w != NULL) {
         weft_waiter_t *next = w->next;

@@ -163,6 +163,21 @@ void weft__loop_notify(weft_loop_t *loop)
     }
 }
 
+static void take_inbox(weft_loop_t *loop);
+
+/* Queue h from the loop thread.  Whatever other threads posted before
+ * (as far as this thread can know: it happened before this call) is moved
+ * to the ready FIFO first, so callbacks keep causal order across threads:
+ * a task failing on another worker, then one failing here because of it,
+ * get their done callbacks in that order.  The check is a plain load;
+ * coherence guarantees it sees any push that happened before it. */
+static void local_push(weft_loop_t *loop, weft_handle_t *h)
+{
+    if (atomic_load_explicit(&loop->inbox.head, memory_order_relaxed) != NULL)
+        take_inbox(loop);
+    weft__loop_ready_push(loop, h);
+}
+
 int weft_loop_call_soon(weft_loop_t *loop, weft_callback_fn fn, void *arg, weft_handle_t **out)
 {
     if (loop == NULL || fn == NULL)
@@ -179,7 +194,7 @@ int weft_loop_call_soon(weft_loop_t *loop, weft_callback_fn fn, void *arg, weft_
         weft__handle_hand_out(h);
         *out = h;
     }
-    weft__loop_ready_push(loop, h);
+    local_push(loop, h);
     return 0;
 }
 
@@ -210,7 +225,7 @@ int weft__loop_post_handle(weft_loop_t *loop, weft_handle_t *h)
     if (weft_get_running_loop() == loop) {
         if (is_closed(loop))
             return WEFT_ECLOSED;
-        weft__loop_ready_push(loop, h);
+        local_push(loop, h);
         return 0;
     }
     if (weft__inbox_push(&loop->inbox, h) != 0)

@@ -40,12 +40,20 @@ typedef struct child {
     struct child *prev, *next;
     weft_task_t *task; /* a reference, until its done callback ran */
     struct weft_taskgroup *g;
+    /* Linked in the task's future: its wake runs at the completion
+     * itself, on the completing thread, and stamps `ticket`.  Done
+     * callbacks of children that finished on different workers may run
+     * in either order; the tickets keep the error list in the order the
+     * children finished, as asyncio's would be. */
+    weft_waiter_t done_hook;
+    uint64_t ticket;
 } child_t;
 
 typedef struct group_error {
     weft_task_t *task; /* a reference; NULL for the body's own error */
     int code;
     const char *msg; /* the task's future message, or NULL */
+    uint64_t ticket; /* completion order (the body's error: last) */
 } group_error_t;
 
 struct weft_taskgroup {
@@ -56,8 +64,9 @@ struct weft_taskgroup {
     size_t active; /* invariant 1 */
     bool exiting, exited, aborting, parent_cancel_requested;
     weft_future_t *on_completed; /* while the parent waits in exit */
-    group_error_t *errors;
+    group_error_t *errors;       /* sorted by ticket */
     size_t nerrors, cap_errors;
+    atomic_uint_fast64_t next_ticket;
 };
 
 static void group_release(weft_taskgroup_t *g)
@@ -93,7 +102,8 @@ int weft_taskgroup_new(weft_taskgroup_t **out)
 
 /* With lock: append a failure.  -ENOMEM if the list cannot grow (the
  * failure is then only logged). */
-static int add_error_locked(weft_taskgroup_t *g, weft_task_t *task, int code, const char *msg)
+static int add_error_locked(weft_taskgroup_t *g, weft_task_t *task, int code, const char *msg,
+                            uint64_t ticket)
 {
     if (g->nerrors == g->cap_errors) {
         size_t cap = g->cap_errors != 0 ? g->cap_errors * 2 : 4;
@@ -108,8 +118,24 @@ static int add_error_locked(weft_taskgroup_t *g, weft_task_t *task, int code, co
     }
     if (task != NULL)
         weft_future_retain(weft_task_future(task));
-    g->errors[g->nerrors++] = (group_error_t){task, code, msg};
+    size_t i = g->nerrors++;
+    while (i > 0 && g->errors[i - 1].ticket > ticket) {
+        g->errors[i] = g->errors[i - 1];
+        i--;
+    }
+    g->errors[i] = (group_error_t){task, code, msg, ticket};
     return 0;
+}
+
+static uint64_t take_ticket(weft_taskgroup_t *g)
+{
+    return atomic_fetch_add_explicit(&g->next_ticket, 1, memory_order_relaxed);
+}
+
+static void child_done_hook(weft_waiter_t *w)
+{
+    child_t *c = w->ctx;
+    c->ticket = take_ticket(c->g);
 }
 
 /* With lock: asyncio's _abort — cancel every child not done. */
@@ -130,7 +156,7 @@ static void child_gone_locked(weft_taskgroup_t *g)
 }
 
 /* asyncio's _on_task_done, for child c whose task is done. */
-static void on_child_done_locked(weft_taskgroup_t *g, weft_task_t *task)
+static void on_child_done_locked(weft_taskgroup_t *g, weft_task_t *task, uint64_t ticket)
 {
     child_gone_locked(g);
     weft_future_t *f = weft_task_future(task);
@@ -139,7 +165,7 @@ static void on_child_done_locked(weft_taskgroup_t *g, weft_task_t *task)
     int code = weft_future_error(f); /* marks it retrieved */
     if (code == 0)
         return;
-    add_error_locked(g, task, code, weft_future_message(f));
+    add_error_locked(g, task, code, weft_future_message(f), ticket);
     if (weft_future_done(weft_task_future(g->parent))) {
         weft__log(WEFT_LOG_ERROR, "taskgroup %p: task %s failed (%s) after its parent finished",
                   (void *)g, weft_task_get_name(task), weft_err_name(code));
@@ -170,7 +196,9 @@ static void child_done_cb(weft_future_t *f, void *arg)
     weft_taskgroup_t *g = c->g;
     pthread_mutex_lock(&g->lock);
     unlink_child_locked(g, c);
-    on_child_done_locked(g, c->task);
+    /* The hook ran at completion, before this callback was posted (the
+     * post orders its write before us). */
+    on_child_done_locked(g, c->task, c->ticket);
     pthread_mutex_unlock(&g->lock);
     weft_task_release(c->task);
     weft__free(c);
@@ -209,7 +237,7 @@ int weft_taskgroup_spawn(weft_taskgroup_t *g, weft_fn fn, void *arg, const weft_
     if (weft_future_done(weft_task_future(t))) {
         /* An eager child that already finished: handled at once (asyncio
          * does the same instead of scheduling the callback). */
-        on_child_done_locked(g, t);
+        on_child_done_locked(g, t, take_ticket(g));
         pthread_mutex_unlock(&g->lock);
         weft__free(c);
     } else {
@@ -224,6 +252,10 @@ int weft_taskgroup_spawn(weft_taskgroup_t *g, weft_fn fn, void *arg, const weft_
         if (g->aborting)
             weft_task_cancel(t, NULL);
         atomic_fetch_add_explicit(&g->refs, 1, memory_order_relaxed);
+        c->done_hook.wake = child_done_hook;
+        c->done_hook.ctx = c;
+        if (!weft__future_add_waiter(weft_task_future(t), &c->done_hook))
+            c->ticket = take_ticket(g); /* finished meanwhile */
         pthread_mutex_unlock(&g->lock);
         /* Added outside the lock: it may be posted at once if t is
          * already done, and runs on t's loop either way. */
@@ -231,6 +263,7 @@ int weft_taskgroup_spawn(weft_taskgroup_t *g, weft_fn fn, void *arg, const weft_
         if (rc != 0) {
             /* -ENOMEM (or the loop closed under a shutdown): the group
              * cannot watch t, so t leaves it, cancelled. */
+            weft__future_remove_waiter(weft_task_future(t), &c->done_hook);
             pthread_mutex_lock(&g->lock);
             unlink_child_locked(g, c);
             child_gone_locked(g);
@@ -307,7 +340,7 @@ int weft_taskgroup_exit(weft_taskgroup_t *g, int status)
         return WEFT_ECANCELED;
     if (status != 0 && status != WEFT_ECANCELED) {
         pthread_mutex_lock(&g->lock);
-        add_error_locked(g, NULL, status, NULL);
+        add_error_locked(g, NULL, status, NULL, UINT64_MAX);
         pthread_mutex_unlock(&g->lock);
     }
     if (weft_taskgroup_error_count(g) != 0) {

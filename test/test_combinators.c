@@ -67,11 +67,13 @@ typedef struct child {
     int idx;
     bool swallow;
     int await_rc;
+    atomic_bool started; /* its body runs (a task cancelled before that never runs it) */
 } child_t;
 
 static int child_body(void *arg, void **result)
 {
     child_t *c = arg;
+    atomic_store(&c->started, true);
     c->await_rc = weft_await(c->go, NULL);
     if (c->await_rc == WEFT_ECANCELED && !c->swallow)
         return WEFT_ECANCELED;
@@ -289,6 +291,11 @@ static int gather_cancel_driver(void *arg, void **result)
         }
         CHECK(&g_rec, tr_signal(c[0].go) == 0);
         CHECK(&g_rec, weft_await(fs[0], NULL) == 0);
+        /* Children 1 and 2 must be inside their await: one cancelled
+         * before its first step would never run its body (and child 1
+         * could not swallow the request). */
+        while (!atomic_load(&c[1].started) || !atomic_load(&c[2].started))
+            CHECK(&g_rec, weft_yield() == 0);
         waiter_t w = {.fs = fs, .n = 3, .rex = rex};
         weft_task_t *wt = start_waiter(gather_waiter_body, &w);
         CHECK(&g_rec, weft_task_cancel(wt, "stop all") == 1);

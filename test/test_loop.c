@@ -242,6 +242,56 @@ static void test_loop_new_starts_idle_with_zero_stats(void **state)
     close_and_free(loop);
 }
 
+/* Causal order across threads: a callback another thread posted before
+ * (it told us so) runs before one this thread queues afterwards. */
+typedef struct causal {
+    weft_loop_t *loop;
+    atomic_int posted; /* the foreign thread's post is done */
+    pthread_t thread;
+    bool started;
+} causal_t;
+
+static void *causal_poster(void *arg)
+{
+    causal_t *c = arg;
+    CHECK(&g_rec, weft_loop_call_soon_threadsafe(c->loop, step_cb, (void *)(intptr_t)1, NULL) == 0);
+    atomic_store_explicit(&c->posted, 1, memory_order_release);
+    return NULL;
+}
+
+static void causal_cb(void *arg)
+{
+    causal_t *c = arg;
+    c->started = pthread_create(&c->thread, NULL, causal_poster, c) == 0;
+    CHECK(&g_rec, c->started);
+    /* Wait (bounded) until the other thread has posted step 1. */
+    for (long i = 0; c->started && i < 2000000000L; i++) {
+        if (atomic_load_explicit(&c->posted, memory_order_acquire))
+            break;
+    }
+    CHECK(&g_rec, atomic_load_explicit(&c->posted, memory_order_acquire) == 1);
+    CHECK(&g_rec, weft_loop_call_soon(c->loop, step_cb, (void *)(intptr_t)2, NULL) == 0);
+    CHECK(&g_rec, weft_loop_call_soon(c->loop, stop_cb, c->loop, NULL) == 0);
+}
+
+static void test_loop_callbacks_keep_causal_order_across_threads(void **state)
+{
+    (void)state;
+    causal_t c;
+    memset(&c, 0, sizeof c);
+    c.loop = new_loop();
+    atomic_init(&c.posted, 0);
+    assert_int_equal(weft_loop_call_soon(c.loop, causal_cb, &c, NULL), 0);
+    assert_int_equal(weft_loop_run_forever(c.loop), 0);
+    if (c.started)
+        pthread_join(c.thread, NULL);
+    ASSERT_NO_FAILURE(&g_rec);
+    assert_int_equal(g_order.n, 2);
+    assert_int_equal(g_order.steps[0], 1);
+    assert_int_equal(g_order.steps[1], 2);
+    close_and_free(c.loop);
+}
+
 static void test_loop_call_soon_runs_in_fifo_order(void **state)
 {
     (void)state;
@@ -1808,6 +1858,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         TEST(test_loop_new_starts_idle_with_zero_stats),
         TEST(test_loop_call_soon_runs_in_fifo_order),
+        TEST(test_loop_callbacks_keep_causal_order_across_threads),
         TEST(test_loop_callback_scheduled_by_callback_runs_next_iteration),
         TEST(test_loop_stop_before_run_forever_runs_one_iteration),
         TEST(test_loop_timer_never_runs_before_deadline),
