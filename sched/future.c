@@ -33,7 +33,7 @@ void weft__future_init(weft_future_t *f, weft_loop_t *loop)
     f->result = NULL;
     f->code = 0;
     f->msg = NULL;
-    pthread_mutex_init(&f->lock, NULL);
+    weft__lock_init(&f->lock);
     f->cb_head = f->cb_tail = NULL;
     f->post_h = NULL;
     f->waiters_list = NULL;
@@ -64,7 +64,7 @@ int weft_future_new(weft_loop_t *loop, weft_future_t **out)
 int weft__future_add_waiter(weft_future_t *f, weft_waiter_t *w)
 {
     int linked = 0;
-    pthread_mutex_lock(&f->lock);
+    weft__lock(&f->lock);
     if (!f->cbs_closed) {
         w->prev = NULL;
         w->next = f->waiters_list;
@@ -74,13 +74,13 @@ int weft__future_add_waiter(weft_future_t *f, weft_waiter_t *w)
         w->linked = true;
         linked = 1;
     }
-    pthread_mutex_unlock(&f->lock);
+    weft__unlock(&f->lock);
     return linked;
 }
 
 void weft__future_remove_waiter(weft_future_t *f, weft_waiter_t *w)
 {
-    pthread_mutex_lock(&f->lock);
+    weft__lock(&f->lock);
     if (w->linked) {
         if (w->prev != NULL)
             w->prev->next = w->next;
@@ -90,7 +90,7 @@ void weft__future_remove_waiter(weft_future_t *f, weft_waiter_t *w)
             w->next->prev = w->prev;
         w->linked = false;
     }
-    pthread_mutex_unlock(&f->lock);
+    weft__unlock(&f->lock);
 }
 
 void weft_future_retain(weft_future_t *f)
@@ -166,7 +166,6 @@ void weft_future_release(weft_future_t *f)
     free_nodes(f->cb_head);
     if (f->post_h != NULL)
         weft__handle_unref(f->post_h);
-    pthread_mutex_destroy(&f->lock);
     weft__free(f->msg);
     weft_loop_t *loop = f->loop;
     if (f->dtor != NULL)
@@ -250,7 +249,7 @@ int weft_future_add_done_callback(weft_future_t *f, weft_done_fn fn, void *arg)
     n->arg = arg;
     n->f = f;
     int rc = 0;
-    pthread_mutex_lock(&f->lock);
+    weft__lock(&f->lock);
     if (!f->cbs_closed) {
         if (f->post_h == NULL && (f->post_h = batch_handle_new(f)) == NULL) {
             rc = -ENOMEM;
@@ -274,7 +273,7 @@ int weft_future_add_done_callback(weft_future_t *f, weft_done_fn fn, void *arg)
             rc = post_batch(f, n, h);
         }
     }
-    pthread_mutex_unlock(&f->lock);
+    weft__unlock(&f->lock);
     return rc;
 }
 
@@ -284,7 +283,7 @@ int weft_future_remove_done_callback(weft_future_t *f, weft_done_fn fn, void *ar
         return -EINVAL;
     int removed = 0;
     weft_done_node_t *gone = NULL;
-    pthread_mutex_lock(&f->lock);
+    weft__lock(&f->lock);
     weft_done_node_t **pp = &f->cb_head, *prev = NULL;
     while (*pp != NULL) {
         weft_done_node_t *n = *pp;
@@ -299,7 +298,7 @@ int weft_future_remove_done_callback(weft_future_t *f, weft_done_fn fn, void *ar
         }
     }
     f->cb_tail = prev;
-    pthread_mutex_unlock(&f->lock);
+    weft__unlock(&f->lock);
     while (gone != NULL) {
         weft_done_node_t *next = gone->next;
         weft__free(gone);
@@ -332,7 +331,7 @@ static int complete(weft_future_t *f, int final, void *value, int code, char *ms
     if (atomic_load_explicit(&f->waiters, memory_order_seq_cst) > 0)
         futex_wake_all(&f->state);
 
-    pthread_mutex_lock(&f->lock);
+    weft__lock(&f->lock);
     f->cbs_closed = true;
     /* Wake awaiting tasks directly (no loop hop).  Under the lock, so a
      * waiter's node stays valid until its wake returned (future.h).  The
@@ -361,7 +360,7 @@ static int complete(weft_future_t *f, int final, void *value, int code, char *ms
         post_batch(f, batch, h);
     else if (h != NULL)
         weft__handle_unref(h); /* every callback was removed */
-    pthread_mutex_unlock(&f->lock);
+    weft__unlock(&f->lock);
     return 0;
 }
 

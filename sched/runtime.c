@@ -228,7 +228,7 @@ int weft_runtime_submit(weft_runtime_t *rt, weft_fn fn, void *arg, weft_future_t
     static atomic_uint rr;
     unsigned i = atomic_fetch_add_explicit(&rr, 1, memory_order_relaxed) % rt->n;
     weft_task_t *t;
-    int rc = weft__task_new(fn, arg, NULL, rt, NULL, rt->workers[i]->loop, &t);
+    int rc = weft__task_new(fn, arg, NULL, rt, NULL, rt->workers[i]->loop, false, &t);
     if (rc == 0) {
         weft_future_retain(&t->fut);
         *out = &t->fut;

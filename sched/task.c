@@ -87,7 +87,6 @@ static int set_add(weft_task_set_t *s, weft_task_t *t)
         pthread_mutex_unlock(&sh->lock);
         return WEFT_ECLOSED;
     }
-    t->set = s;
     t->shard = sh;
     t->set_prev = NULL;
     t->set_next = sh->head;
@@ -99,9 +98,14 @@ static int set_add(weft_task_set_t *s, weft_task_t *t)
     return 0;
 }
 
+static weft_task_set_t *task_set_of(const weft_task_t *t)
+{
+    return t->rt != NULL ? &t->rt->tasks : t->home->tasks;
+}
+
 static void set_remove(weft_task_t *t)
 {
-    weft_task_set_t *s = t->set;
+    weft_task_set_t *s = task_set_of(t);
     weft_task_shard_t *sh = t->shard;
     pthread_mutex_lock(&sh->lock);
     if (t->set_prev != NULL)
@@ -212,8 +216,8 @@ static void task_dtor(weft_future_t *f)
 {
     weft_task_t *t = (weft_task_t *)f;
     WEFT_ASSERT(!t->has_stack);
-    if (t->name != t->name_buf)
-        weft__free(t->name);
+    weft__free(atomic_load_explicit(&t->name, memory_order_relaxed));
+    weft__free(t->post_h);
     weft__free(t->cancel_msg);
     weft__free(t);
 }
@@ -251,14 +255,14 @@ static void complete_task(weft_task_t *t)
     if (t->rc == WEFT_ECANCELED || (t->rc == 0 && undelivered)) {
         /* Taken under the lock: a weft_task_cancel that passed its DONE
          * check before the store above may still replace the message. */
-        pthread_mutex_lock(&t->fut.lock);
+        weft__lock(&t->fut.lock);
         char *msg = t->cancel_msg;
         t->cancel_msg = NULL;
-        pthread_mutex_unlock(&t->fut.lock);
+        weft__unlock(&t->fut.lock);
         weft_future_cancel(&t->fut, msg);
         weft__free(msg);
     } else if (t->rc == 0) {
-        weft_future_set_result(&t->fut, t->result);
+        weft_future_set_result(&t->fut, t->fut.result); /* parked there by task_entry */
     } else if (t->rc < 0) {
         weft_future_set_error(&t->fut, t->rc, NULL);
     } else {
@@ -298,10 +302,10 @@ size_t weft__task_set_abandon(weft_task_set_t *s)
         }
         release_stack(t, NULL);
         t->rc = WEFT_ECANCELED;
-        pthread_mutex_lock(&t->fut.lock);
+        weft__lock(&t->fut.lock);
         if (t->cancel_msg == NULL)
             t->cancel_msg = weft__strdup("task abandoned at shutdown");
-        pthread_mutex_unlock(&t->fut.lock);
+        weft__unlock(&t->fut.lock);
         complete_task(t);
         n++;
     }
@@ -333,8 +337,22 @@ static char *default_name(char *buf, uint64_t id)
     return buf;
 }
 
+static weft_handle_t *post_handle_new(weft_task_t *t)
+{
+    weft_handle_t *h = weft__calloc(1, sizeof *h);
+    if (h == NULL)
+        return NULL;
+    h->kind = WEFT__HK_EMBED; /* owned by the task, never freed by a loop */
+    h->fn = resume_from_loop;
+    h->arg = t;
+    h->when = -1;
+    atomic_init(&h->refs, 1);
+    atomic_init(&h->state, WEFT__H_PENDING);
+    return h;
+}
+
 int weft__task_new(weft_fn fn, void *arg, const weft_spawn_opts_t *opts, weft_runtime_t *rt,
-                   weft_loop_t *home, weft_loop_t *future_loop, weft_task_t **out)
+                   weft_loop_t *home, weft_loop_t *future_loop, bool posted, weft_task_t **out)
 {
     size_t stack_size = opts != NULL ? opts->stack_size : 0;
     if (stack_size == 0)
@@ -347,13 +365,22 @@ int weft__task_new(weft_fn fn, void *arg, const weft_spawn_opts_t *opts, weft_ru
     if (t == NULL)
         return -ENOMEM;
     t->id = atomic_fetch_add_explicit(&next_task_id, 1, memory_order_relaxed);
-    if (opts != NULL && opts->name != NULL)
-        t->name = weft__strdup(opts->name);
-    else
-        t->name = default_name(t->name_buf, t->id);
-    if (t->name == NULL) {
-        weft__free(t);
-        return -ENOMEM;
+    char *name = NULL;
+    if (opts != NULL && opts->name != NULL) {
+        name = weft__strdup(opts->name);
+        if (name == NULL) {
+            weft__free(t);
+            return -ENOMEM;
+        }
+    }
+    atomic_init(&t->name, name);
+    if (home != NULL || posted) {
+        t->post_h = post_handle_new(t);
+        if (t->post_h == NULL) {
+            weft__free(name);
+            weft__free(t);
+            return -ENOMEM;
+        }
     }
     weft__future_init(&t->fut, future_loop);
     t->fut.dtor = task_dtor;
@@ -361,15 +388,9 @@ int weft__task_new(weft_fn fn, void *arg, const weft_spawn_opts_t *opts, weft_ru
     atomic_init(&t->must_cancel, 0);
     t->fn = fn;
     t->arg = arg;
-    t->stack_size = stack_size;
+    t->stack.size = stack_size; /* what to ask for at first run */
     t->rt = rt;
     t->home = home;
-    t->post_h.kind = WEFT__HK_EMBED;
-    t->post_h.fn = resume_from_loop;
-    t->post_h.arg = t;
-    t->post_h.when = -1;
-    atomic_init(&t->post_h.refs, 1);
-    atomic_init(&t->post_h.state, WEFT__H_PENDING);
     int rc = set_add(rt != NULL ? &rt->tasks : home->tasks, t);
     if (rc != 0) {
         weft_future_release(&t->fut); /* never registered: just freed */
@@ -391,8 +412,8 @@ static void enqueue(weft_task_t *t, int how)
     if (t->home != NULL) {
         /* Pinned or standalone: only its loop may run it.  A closed loop
          * refuses; the task is then abandoned when the loop closes. */
-        t->post_h.loop = t->home;
-        (void)weft__loop_post_handle(t->home, &t->post_h);
+        t->post_h->loop = t->home;
+        (void)weft__loop_post_handle(t->home, t->post_h);
         return;
     }
     /* Workers stopped (shutdown): nobody would run it, and what is left
@@ -434,7 +455,7 @@ static void task_entry(void *arg)
      * started (say, by wait_for with a zero timeout) never starts. */
     int rc = take_cancel(t) ? WEFT_ECANCELED : t->fn(t->arg, &result);
     t->rc = rc;
-    t->result = result;
+    t->fut.result = result; /* not published until complete_task sets it */
     t->finished = true;
     /* Read the resumer now: the task may have migrated since it started. */
     weft__coro_exit(&t->coro, t->resumer);
@@ -456,7 +477,7 @@ void weft__task_resume(weft_task_t *t, weft_loop_t *loop)
         atomic_exchange_explicit(&t->state, WEFT__T_RUNNING, memory_order_acq_rel);
     if (!t->has_stack) {
         /* A stack is taken at first run, not at spawn (DESIGN.md). */
-        int rc = weft__stack_alloc_ex(loop_stacks(loop), t->stack_size, weft_loop_get_debug(loop),
+        int rc = weft__stack_alloc_ex(loop_stacks(loop), t->stack.size, weft_loop_get_debug(loop),
                                       &t->stack);
         if (rc == 0) {
             rc = weft__coro_init(&t->coro, &t->stack, task_entry, t);
@@ -479,8 +500,8 @@ void weft__task_resume(weft_task_t *t, weft_loop_t *loop)
     set_current_task(prev);
 
     if (weft_loop_get_debug(loop) && t->has_stack && !weft__stack_canary_ok(&t->stack)) {
-        weft__log(WEFT_LOG_ERROR, "task %s overflowed its stack of %zu bytes", t->name,
-                  t->stack.size);
+        weft__log(WEFT_LOG_ERROR, "task %s overflowed its stack of %zu bytes",
+                  weft_task_get_name(t), t->stack.size);
         WEFT_CHECK(!"stack overflow");
     }
     if (t->finished) {
@@ -570,7 +591,7 @@ int weft_task_create(weft_fn fn, void *arg, const weft_spawn_opts_t *opts, weft_
     if (weft_loop_is_closed(future_loop))
         return WEFT_ECLOSED;
     weft_task_t *t;
-    int rc = weft__task_new(fn, arg, opts, rt, home, future_loop, &t);
+    int rc = weft__task_new(fn, arg, opts, rt, home, future_loop, false, &t);
     if (rc != 0)
         return rc;
     /* contextvars: a task starts with its spawner's values (shared until
@@ -632,7 +653,7 @@ int weft_run_coroutine_threadsafe(weft_loop_t *loop, weft_fn fn, void *arg, weft
     if (rt != NULL && !weft__rt_enter(rt))
         return WEFT_ECLOSED;
     weft_task_t *t;
-    int rc = weft__task_new(fn, arg, NULL, rt, rt != NULL ? NULL : loop, loop, &t);
+    int rc = weft__task_new(fn, arg, NULL, rt, rt != NULL ? NULL : loop, loop, true, &t);
     if (rc != 0) {
         if (rt != NULL)
             weft__rt_leave(rt);
@@ -641,8 +662,8 @@ int weft_run_coroutine_threadsafe(weft_loop_t *loop, weft_fn fn, void *arg, weft
     weft_future_retain(&t->fut);
     /* First run on the named loop (through its inbox); from there a
      * runtime task may migrate like any other. */
-    t->post_h.loop = loop;
-    rc = weft__loop_post_handle(loop, &t->post_h);
+    t->post_h->loop = loop;
+    rc = weft__loop_post_handle(loop, t->post_h);
     if (rc != 0) {
         t->rc = WEFT_ECANCELED;
         complete_task(t);
@@ -831,7 +852,7 @@ int weft_task_cancel(weft_task_t *t, const char *msg)
     if (atomic_load_explicit(&t->state, memory_order_acquire) & WEFT__T_DONE)
         return 0;
     char *copy = msg != NULL ? weft__strdup(msg) : NULL; /* best effort: NULL keeps none */
-    pthread_mutex_lock(&t->fut.lock);
+    weft__lock(&t->fut.lock);
     /* Count it and make it pending in one step (task.h).  acq_rel: pairs
      * with the RMWs of take_cancel(), uncancel and complete_task(). */
     unsigned old = atomic_load_explicit(&t->must_cancel, memory_order_relaxed);
@@ -841,7 +862,7 @@ int weft_task_cancel(weft_task_t *t, const char *msg)
                                                   memory_order_acq_rel, memory_order_relaxed))
         ;
     if (old & WEFT__C_CLOSED) {
-        pthread_mutex_unlock(&t->fut.lock);
+        weft__unlock(&t->fut.lock);
         weft__free(copy);
         return 0; /* it finished meanwhile */
     }
@@ -852,7 +873,7 @@ int weft_task_cancel(weft_task_t *t, const char *msg)
         t->cancel_msg = copy;
         copy = prev;
     }
-    pthread_mutex_unlock(&t->fut.lock);
+    weft__unlock(&t->fut.lock);
     weft__free(copy);
     weft__task_wake(t);
     return 1;
@@ -860,9 +881,9 @@ int weft_task_cancel(weft_task_t *t, const char *msg)
 
 char *weft__task_cancel_msg_dup(weft_task_t *t)
 {
-    pthread_mutex_lock(&t->fut.lock);
+    weft__lock(&t->fut.lock);
     char *m = t->cancel_msg != NULL ? weft__strdup(t->cancel_msg) : NULL;
-    pthread_mutex_unlock(&t->fut.lock);
+    weft__unlock(&t->fut.lock);
     return m;
 }
 
@@ -909,7 +930,23 @@ int weft_task_uncancel(weft_task_t *t)
 
 const char *weft_task_get_name(const weft_task_t *t)
 {
-    return t != NULL ? t->name : NULL;
+    if (t == NULL)
+        return NULL;
+    weft_task_t *mt = (weft_task_t *)t;
+    char *name = atomic_load_explicit(&mt->name, memory_order_acquire);
+    if (name != NULL)
+        return name;
+    /* The default, made on first use: "Task-<id>", as asyncio names them. */
+    char buf[32];
+    char *copy = weft__strdup(default_name(buf, t->id));
+    if (copy == NULL)
+        return "Task"; /* no memory: a name that is still true */
+    if (!atomic_compare_exchange_strong_explicit(&mt->name, &name, copy, memory_order_acq_rel,
+                                                 memory_order_acquire)) {
+        weft__free(copy); /* another thread named it first */
+        return name;
+    }
+    return copy;
 }
 
 int weft_task_set_name(weft_task_t *t, const char *name)
@@ -919,10 +956,7 @@ int weft_task_set_name(weft_task_t *t, const char *name)
     char *copy = weft__strdup(name);
     if (copy == NULL)
         return -ENOMEM;
-    char *old = t->name;
-    t->name = copy;
-    if (old != t->name_buf)
-        weft__free(old);
+    weft__free(atomic_exchange_explicit(&t->name, copy, memory_order_acq_rel));
     return 0;
 }
 

@@ -114,27 +114,28 @@ struct weft_task {
     atomic_uint state;
     weft_fn fn;
     void *arg;
-    void *result;
     int rc;
     bool finished; /* fn returned; set on the task's stack, read by the resumer */
     bool yielding; /* suspended by weft_yield: requeue at the back */
     bool has_stack;
     weft_coro_t coro;
-    weft_stack_t stack;
-    size_t stack_size;
+    weft_stack_t stack;      /* before first run: only .size, the size to ask for */
     weft_coro_t *resumer;    /* context to switch back to when suspending */
     weft_loop_t *cur_loop;   /* loop of the thread running it now */
     struct weft_runtime *rt; /* NULL for a task of a standalone loop */
     weft_loop_t *home;       /* pinned loop or standalone loop; NULL = any worker */
-    weft_handle_t post_h;    /* EMBED handle: resume through home's ready FIFO */
+    /* EMBED handle to resume through a loop's ready FIFO: only pinned and
+     * standalone tasks and run_coroutine_threadsafe's first run need one,
+     * so it is allocated for those alone (72 bytes less per task). */
+    weft_handle_t *post_h;
     atomic_uint must_cancel; /* the cancel word above */
     char *cancel_msg;        /* the pending request's message, else the last delivered
                                 one's (weft_task_cancel); under fut.lock */
-    char *name;              /* name_buf, or a heap copy (weft__free unless == name_buf) */
-    char name_buf[26];       /* "Task-<id>" without snprintf or an allocation */
+    /* A heap copy, or NULL for the default "Task-<id>", formatted on the
+     * first weft_task_get_name (few tasks are ever asked their name). */
+    _Atomic(char *) name;
     uint64_t id;
-    weft_task_set_t *set;     /* the set it is registered in */
-    weft_task_shard_t *shard; /* and the shard of that set */
+    weft_task_shard_t *shard; /* its shard of its set (task_set_of) */
     struct weft_task *set_prev, *set_next;
     /* While suspended holding something its frames would release on the
      * way out (a waiter node on its own stack linked into a future, a
@@ -184,9 +185,11 @@ void weft__task_resume(weft_task_t *t, weft_loop_t *loop);
 void weft__task_wake(weft_task_t *t);
 
 /* Create a task (state SCHEDULED, not queued yet); see weft_task_create
- * for the context rules.  first_loop: where it will first run. */
+ * for the context rules.  future_loop: where its done callbacks run.
+ * posted: its first run goes through a loop's ready FIFO (its post handle
+ * is allocated, as it always is for a task with a home loop). */
 int weft__task_new(weft_fn fn, void *arg, const weft_spawn_opts_t *opts, struct weft_runtime *rt,
-                   weft_loop_t *home, weft_loop_t *future_loop, weft_task_t **out);
+                   weft_loop_t *home, weft_loop_t *future_loop, bool posted, weft_task_t **out);
 
 /* Queue a SCHEDULED task where it belongs. */
 void weft__task_enqueue(weft_task_t *t, bool yielded);
