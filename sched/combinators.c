@@ -116,7 +116,7 @@ int weft__alarm_arm(weft__alarm_t *a, weft_task_t *t, int64_t deadline_ns)
     if (a->h != NULL)
         return 0;
     weft_future_retain(weft_task_future(t));
-    int rc = weft_loop_call_at(t->cur_loop, deadline_ns, alarm_fire, t, &a->h);
+    int rc = weft_loop_call_at(weft_get_running_loop(), deadline_ns, alarm_fire, t, &a->h);
     if (rc != 0) {
         a->h = NULL;
         weft_task_release(t);

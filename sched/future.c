@@ -34,11 +34,11 @@ void weft__future_init(weft_future_t *f, weft_loop_t *loop)
     f->code = 0;
     f->msg = NULL;
     weft__lock_init(&f->lock);
-    f->cb_head = f->cb_tail = NULL;
+    f->cb_head = NULL;
     f->post_h = NULL;
     f->waiters_list = NULL;
-    f->dtor = NULL;
     f->cbs_closed = false;
+    f->is_task = false;
     weft__loop_retain(loop);
 }
 
@@ -168,8 +168,8 @@ void weft_future_release(weft_future_t *f)
         weft__handle_unref(f->post_h);
     weft__free(f->msg);
     weft_loop_t *loop = f->loop;
-    if (f->dtor != NULL)
-        f->dtor(f);
+    if (f->is_task)
+        weft__task_free(f);
     else
         weft__free(f);
     weft__loop_release(loop);
@@ -255,11 +255,10 @@ int weft_future_add_done_callback(weft_future_t *f, weft_done_fn fn, void *arg)
             rc = -ENOMEM;
             weft__free(n);
         } else {
-            if (f->cb_tail != NULL)
-                f->cb_tail->next = n;
-            else
-                f->cb_head = n;
-            f->cb_tail = n;
+            weft_done_node_t **pp = &f->cb_head;
+            while (*pp != NULL)
+                pp = &(*pp)->next;
+            *pp = n;
         }
     } else if (weft_loop_is_closed(f->loop)) {
         weft__free(n);
@@ -284,7 +283,7 @@ int weft_future_remove_done_callback(weft_future_t *f, weft_done_fn fn, void *ar
     int removed = 0;
     weft_done_node_t *gone = NULL;
     weft__lock(&f->lock);
-    weft_done_node_t **pp = &f->cb_head, *prev = NULL;
+    weft_done_node_t **pp = &f->cb_head;
     while (*pp != NULL) {
         weft_done_node_t *n = *pp;
         if (n->fn == fn && n->arg == arg) {
@@ -293,11 +292,9 @@ int weft_future_remove_done_callback(weft_future_t *f, weft_done_fn fn, void *ar
             gone = n;
             removed++;
         } else {
-            prev = n;
             pp = &n->next;
         }
     }
-    f->cb_tail = prev;
     weft__unlock(&f->lock);
     while (gone != NULL) {
         weft_done_node_t *next = gone->next;
@@ -354,7 +351,7 @@ static int complete(weft_future_t *f, int final, void *value, int code, char *ms
     }
     weft_done_node_t *batch = f->cb_head;
     weft_handle_t *h = f->post_h;
-    f->cb_head = f->cb_tail = NULL;
+    f->cb_head = NULL;
     f->post_h = NULL;
     if (batch != NULL)
         post_batch(f, batch, h);

@@ -64,25 +64,28 @@ typedef struct weft_waiter {
 } weft_waiter_t;
 
 struct weft_future {
+    /* The small fields first, packed: with a task's own fields after
+     * them, a task record fits jemalloc's 256-byte class. */
     atomic_uint refs;
     atomic_int state;
     atomic_int waiters;
+    int code;
+    weft__lock_t lock; /* sched/lock.h: 4 bytes, where a pthread mutex is 40 */
     atomic_bool retrieved;
+    bool cbs_closed;
+    bool is_task; /* embedded in a task: the last release calls weft__task_free */
     weft_loop_t *loop;
     void *result;
-    int code;
     char *msg;
-    weft__lock_t lock; /* sched/lock.h: 4 bytes, where a pthread mutex is 40 */
-    weft_done_node_t *cb_head, *cb_tail;
+    weft_done_node_t *cb_head; /* FIFO; appended by walking (lists are short) */
     /* Allocated with the first callback, so completion never allocates and
      * so can never lose a callback for lack of memory. */
     struct weft_handle *post_h;
     weft_waiter_t *waiters_list; /* awaiting tasks */
-    /* Non-NULL for futures embedded in a bigger object (a task): called
-     * instead of freeing f when the last reference goes. */
-    void (*dtor)(struct weft_future *f);
-    bool cbs_closed;
 };
+
+/* Frees a task whose embedded future lost its last reference (task.c). */
+void weft__task_free(weft_future_t *f);
 
 /* Initialise an embedded future (refs = 1) on loop; takes a loop ref. */
 void weft__future_init(weft_future_t *f, weft_loop_t *loop);

@@ -75,10 +75,11 @@ struct weft_stack_slab;
 
 typedef struct weft_stack {
     void *base;                   /* lowest usable address; the canary, if any, is here */
-    size_t size;                  /* usable bytes: [base, base + size) */
-    uint32_t flags;               /* WEFT_STACK_* */
     struct weft_stack_slab *slab; /* owning slab when WEFT_STACK_SLAB, else NULL */
+    uint32_t size;                /* usable bytes: [base, base + size); <= 1 GiB */
+    uint32_t flags;               /* WEFT_STACK_* */
 } weft_stack_t;
+_Static_assert(WEFT__STACK_MAX_SIZE <= UINT32_MAX, "stack sizes fit weft_stack_t.size");
 
 /* Per worker; used by one thread at a time, no locking. */
 typedef struct weft_stack_cache weft_stack_cache_t;

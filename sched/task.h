@@ -83,7 +83,7 @@ struct weft_worker;
  * finishing tasks in parallel rarely meet on one lock (a single set lock
  * was the hottest spot of a spawn storm).  Each shard keeps its own count;
  * the set has no global counter for the same reason. */
-#define WEFT__TASK_SHARDS_MAX 16u
+#define WEFT__TASK_SHARDS_MAX 16u /* fits weft_task.shard_idx (uint8_t) */
 
 typedef struct weft_task_shard {
     pthread_mutex_t lock;
@@ -108,34 +108,36 @@ typedef struct weft_task_set {
     pthread_cond_t empty;
 } weft_task_set_t;
 
+/* Field order keeps the record at 256 bytes (jemalloc's 256 class: one
+ * parked task costs a stack page plus this); check the size after adding
+ * a field. */
 struct weft_task {
     struct weft_future fut; /* first: a task is a future */
     weft_runnable_t run;    /* run queue / inject link */
     atomic_uint state;
-    weft_fn fn;
-    void *arg;
+    atomic_uint must_cancel; /* the cancel word above */
     int rc;
     bool finished; /* fn returned; set on the task's stack, read by the resumer */
     bool yielding; /* suspended by weft_yield: requeue at the back */
     bool has_stack;
+    uint8_t shard_idx; /* its shard of its set (task_set_of) */
+    weft_fn fn;
+    void *arg;
     weft_coro_t coro;
     weft_stack_t stack;      /* before first run: only .size, the size to ask for */
     weft_coro_t *resumer;    /* context to switch back to when suspending */
-    weft_loop_t *cur_loop;   /* loop of the thread running it now */
     struct weft_runtime *rt; /* NULL for a task of a standalone loop */
     weft_loop_t *home;       /* pinned loop or standalone loop; NULL = any worker */
     /* EMBED handle to resume through a loop's ready FIFO: only pinned and
      * standalone tasks and run_coroutine_threadsafe's first run need one,
      * so it is allocated for those alone (72 bytes less per task). */
     weft_handle_t *post_h;
-    atomic_uint must_cancel; /* the cancel word above */
-    char *cancel_msg;        /* the pending request's message, else the last delivered
-                                one's (weft_task_cancel); under fut.lock */
+    char *cancel_msg; /* the pending request's message, else the last delivered
+                         one's (weft_task_cancel); under fut.lock */
     /* A heap copy, or NULL for the default "Task-<id>", formatted on the
      * first weft_task_get_name (few tasks are ever asked their name). */
     _Atomic(char *) name;
     uint64_t id;
-    weft_task_shard_t *shard; /* its shard of its set (task_set_of) */
     struct weft_task *set_prev, *set_next;
     /* While suspended holding something its frames would release on the
      * way out (a waiter node on its own stack linked into a future, a
