@@ -23,8 +23,8 @@
  * of a million asleep at once, sleep longer:
  *   build/examples/example_sleepers 1000000 10
  * A million sleeping tasks need about 5 GB of RAM (one touched stack page,
- * the task record and its timer: ~4.6 KB each, plus ~0.5 KB of page
- * tables); with WEFT_DEBUG=1 about 9 GB, because the debug-mode stack
+ * the 256-byte task record and its timer: ~4.4 KB each, plus ~0.5 KB of
+ * page tables); with WEFT_DEBUG=1 about 9 GB, because the debug-mode stack
  * canary touches a second page at the bottom of every stack.  They also
  * reserve 256 GB of address space (not committed) and use about 33000
  * memory mappings, under the default vm.max_map_count of 65530.
