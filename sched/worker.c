@@ -101,9 +101,14 @@ void weft__worker_push(weft_worker_t *w, weft_task_t *t, bool lifo)
         t = old;
     }
     weft__runq_push(&w->runq, &t->run, &w->rt->inject);
-    /* Extra parallelism only (worker.h): relaxed reads are enough. */
+    /* Extra parallelism only (worker.h): relaxed reads are enough.  As
+     * Tokio does, wake another worker only when this one has more than one
+     * task waiting: a chain of spawns (each task spawning the next and
+     * ending) then stays on one worker instead of being stolen back and
+     * forth, a wake and a steal per link. */
     weft_runtime_t *rt = w->rt;
-    if (atomic_load_explicit(&rt->n_searching, memory_order_relaxed) == 0 &&
+    if (weft__runq_len(&w->runq) + (w->lifo != NULL) > 1 &&
+        atomic_load_explicit(&rt->n_searching, memory_order_relaxed) == 0 &&
         atomic_load_explicit(&rt->n_idle, memory_order_relaxed) != 0)
         weft__rt_notify_one(rt);
 }
