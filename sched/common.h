@@ -73,6 +73,30 @@ void weft__log(int level, const char *fmt, ...) __attribute__((format(printf, 2,
  * never reuses a TLS address computed on another thread (DESIGN.md). */
 const void *weft__thread_id(void);
 
+/* ---- thread-local pointers ----------------------------------------------
+ * A pointer kept per thread and reached only through a getter and a setter
+ * the compiler may not inline, with a compiler barrier in each: a caller
+ * that suspends (a task may resume on another thread) must not keep a TLS
+ * address computed before the switch (DESIGN.md, TLS across coroutine
+ * switches).  `linkage` is `static` or empty.
+ *
+ *     static _Thread_local weft_loop_t *tls_loop;
+ *     WEFT__TLS_GET(, weft_loop_t, weft_get_running_loop, tls_loop)
+ *     WEFT__TLS_SET(static, weft_loop_t, set_loop, tls_loop) */
+#define WEFT__TLS_GET(linkage, type, getter, var)                                                  \
+    __attribute__((noinline)) linkage type *getter(void)                                           \
+    {                                                                                              \
+        type *v_ = var;                                                                            \
+        __asm__ volatile("" ::: "memory");                                                         \
+        return v_;                                                                                 \
+    }
+#define WEFT__TLS_SET(linkage, type, setter, var)                                                  \
+    __attribute__((noinline)) linkage void setter(type *v_)                                        \
+    {                                                                                              \
+        var = v_;                                                                                  \
+        __asm__ volatile("" ::: "memory");                                                         \
+    }
+
 /* ---- clock ---------------------------------------------------------------- */
 static inline int64_t weft__now_ns(void)
 {

@@ -34,18 +34,8 @@ static atomic_uint_fast64_t next_key_id = 1;
 
 static _Thread_local weft__context_t *tls_ctx;
 
-__attribute__((noinline)) static weft__context_t *thread_ctx(void)
-{
-    weft__context_t *c = tls_ctx;
-    __asm__ volatile("" ::: "memory");
-    return c;
-}
-
-__attribute__((noinline)) void weft__context_set_thread(weft__context_t *c)
-{
-    tls_ctx = c;
-    __asm__ volatile("" ::: "memory");
-}
+WEFT__TLS_GET(static, weft__context_t, thread_ctx, tls_ctx)
+WEFT__TLS_SET(, weft__context_t, weft__context_set_thread, tls_ctx)
 
 weft__context_t *weft__context_current(void)
 {

@@ -90,18 +90,8 @@ struct weft_executor {
 
 static _Thread_local weft_executor_t *tls_pool;
 
-__attribute__((noinline)) static weft_executor_t *current_pool(void)
-{
-    weft_executor_t *ex = tls_pool;
-    __asm__ volatile("" ::: "memory");
-    return ex;
-}
-
-__attribute__((noinline)) static void set_current_pool(weft_executor_t *ex)
-{
-    tls_pool = ex;
-    __asm__ volatile("" ::: "memory");
-}
+WEFT__TLS_GET(static, weft_executor_t, current_pool, tls_pool)
+WEFT__TLS_SET(static, weft_executor_t, set_current_pool, tls_pool)
 
 /* ---- construction --------------------------------------------------------- */
 

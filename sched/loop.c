@@ -28,18 +28,8 @@
  * functions below (DESIGN.md: TLS across coroutine switches). */
 static _Thread_local weft_loop_t *tls_running_loop;
 
-__attribute__((noinline)) weft_loop_t *weft_get_running_loop(void)
-{
-    weft_loop_t *l = tls_running_loop;
-    __asm__ volatile("" ::: "memory");
-    return l;
-}
-
-__attribute__((noinline)) void weft__loop_set_running(weft_loop_t *loop)
-{
-    tls_running_loop = loop;
-    __asm__ volatile("" ::: "memory");
-}
+WEFT__TLS_GET(, weft_loop_t, weft_get_running_loop, tls_running_loop)
+WEFT__TLS_SET(, weft_loop_t, weft__loop_set_running, tls_running_loop)
 
 /* ---- reference counting -------------------------------------------------- */
 

@@ -23,18 +23,8 @@ static atomic_uint_fast64_t next_task_id = 1;
 
 static _Thread_local weft_task_t *tls_current_task;
 
-__attribute__((noinline)) weft_task_t *weft_current_task(void)
-{
-    weft_task_t *t = tls_current_task;
-    __asm__ volatile("" ::: "memory");
-    return t;
-}
-
-__attribute__((noinline)) static void set_current_task(weft_task_t *t)
-{
-    tls_current_task = t;
-    __asm__ volatile("" ::: "memory");
-}
+WEFT__TLS_GET(, weft_task_t, weft_current_task, tls_current_task)
+WEFT__TLS_SET(static, weft_task_t, set_current_task, tls_current_task)
 
 /* ---- task sets ----------------------------------------------------------- */
 

@@ -8,18 +8,8 @@
 
 static _Thread_local weft_worker_t *tls_worker;
 
-__attribute__((noinline)) weft_worker_t *weft__current_worker(void)
-{
-    weft_worker_t *w = tls_worker;
-    __asm__ volatile("" ::: "memory");
-    return w;
-}
-
-__attribute__((noinline)) static void set_current_worker(weft_worker_t *w)
-{
-    tls_worker = w;
-    __asm__ volatile("" ::: "memory");
-}
+WEFT__TLS_GET(, weft_worker_t, weft__current_worker, tls_worker)
+WEFT__TLS_SET(static, weft_worker_t, set_current_worker, tls_worker)
 
 #define STAT_ADD(w, field, n)                                                                      \
     atomic_store_explicit(&(w)->stats.field,                                                       \
