@@ -483,12 +483,8 @@ void weft_queue_free(weft_queue_t *q)
     pthread_mutex_lock(&q->mu);
     size_t n = q->getters.busy + q->putters.busy + q->joiners.busy;
     pthread_mutex_unlock(&q->mu);
-    if (n != 0) {
-        weft__log(WEFT_LOG_ERROR,
-                  "weft_queue_free: queue %p still has %zu waiting task(s); not freed", (void *)q,
-                  n);
+    if (!weft__free_allowed("weft_queue_free", "queue", q, n))
         return;
-    }
     pthread_mutex_destroy(&q->mu);
     weft__free(q->items);
     weft__free(q->heap);
@@ -498,8 +494,5 @@ void weft_queue_free(weft_queue_t *q)
 size_t weft__queue_nwaiters(weft_queue_t *q, int which)
 {
     weft__waitq_t *wq = which == 0 ? &q->getters : which == 1 ? &q->putters : &q->joiners;
-    pthread_mutex_lock(&q->mu);
-    size_t n = wq->n;
-    pthread_mutex_unlock(&q->mu);
-    return n;
+    return weft__waitq_len(&q->mu, wq);
 }

@@ -273,22 +273,15 @@ void weft_lock_free(weft_lock_t *lk)
     pthread_mutex_lock(&lk->mu);
     size_t n = lk->q.busy;
     pthread_mutex_unlock(&lk->mu);
-    if (n != 0) {
-        weft__log(WEFT_LOG_ERROR,
-                  "weft_lock_free: lock %p still has %zu waiting task(s); not freed", (void *)lk,
-                  n);
+    if (!weft__free_allowed("weft_lock_free", "lock", lk, n))
         return;
-    }
     pthread_mutex_destroy(&lk->mu);
     weft__free(lk);
 }
 
 size_t weft__lock_nwaiters(weft_lock_t *lk)
 {
-    pthread_mutex_lock(&lk->mu);
-    size_t n = lk->q.n;
-    pthread_mutex_unlock(&lk->mu);
-    return n;
+    return weft__waitq_len(&lk->mu, &lk->q);
 }
 
 /* ======================================================================= */
@@ -400,22 +393,15 @@ void weft_event_free(weft_event_t *e)
     pthread_mutex_lock(&e->mu);
     size_t n = e->q.busy;
     pthread_mutex_unlock(&e->mu);
-    if (n != 0) {
-        weft__log(WEFT_LOG_ERROR,
-                  "weft_event_free: event %p still has %zu waiting task(s); not freed", (void *)e,
-                  n);
+    if (!weft__free_allowed("weft_event_free", "event", e, n))
         return;
-    }
     pthread_mutex_destroy(&e->mu);
     weft__free(e);
 }
 
 size_t weft__event_nwaiters(weft_event_t *e)
 {
-    pthread_mutex_lock(&e->mu);
-    size_t n = e->q.n;
-    pthread_mutex_unlock(&e->mu);
-    return n;
+    return weft__waitq_len(&e->mu, &e->q);
 }
 
 /* ======================================================================= */
@@ -648,12 +634,8 @@ void weft_cond_free(weft_cond_t *c)
         n += c->lock->q.busy;
         pthread_mutex_unlock(&c->lock->mu);
     }
-    if (n != 0) {
-        weft__log(WEFT_LOG_ERROR,
-                  "weft_cond_free: condition %p still has %zu waiting task(s); not freed",
-                  (void *)c, n);
+    if (!weft__free_allowed("weft_cond_free", "condition", c, n))
         return;
-    }
     if (c->own_lock)
         weft_lock_free(c->lock);
     pthread_mutex_destroy(&c->mu);
@@ -662,10 +644,7 @@ void weft_cond_free(weft_cond_t *c)
 
 size_t weft__cond_nwaiters(weft_cond_t *c)
 {
-    pthread_mutex_lock(&c->mu);
-    size_t n = c->q.n;
-    pthread_mutex_unlock(&c->mu);
-    return n;
+    return weft__waitq_len(&c->mu, &c->q);
 }
 
 /* ======================================================================= */
@@ -806,22 +785,15 @@ void weft_sem_free(weft_sem_t *s)
     pthread_mutex_lock(&s->mu);
     size_t n = s->q.busy;
     pthread_mutex_unlock(&s->mu);
-    if (n != 0) {
-        weft__log(WEFT_LOG_ERROR,
-                  "weft_sem_free: semaphore %p still has %zu waiting task(s); not freed", (void *)s,
-                  n);
+    if (!weft__free_allowed("weft_sem_free", "semaphore", s, n))
         return;
-    }
     pthread_mutex_destroy(&s->mu);
     weft__free(s);
 }
 
 size_t weft__sem_nwaiters(weft_sem_t *s)
 {
-    pthread_mutex_lock(&s->mu);
-    size_t n = s->q.n;
-    pthread_mutex_unlock(&s->mu);
-    return n;
+    return weft__waitq_len(&s->mu, &s->q);
 }
 
 /* ======================================================================= */
@@ -986,20 +958,13 @@ void weft_barrier_free(weft_barrier_t *b)
     pthread_mutex_lock(&b->mu);
     size_t n = b->q.busy + b->count;
     pthread_mutex_unlock(&b->mu);
-    if (n != 0) {
-        weft__log(WEFT_LOG_ERROR,
-                  "weft_barrier_free: barrier %p still has %zu waiting task(s); not freed",
-                  (void *)b, n);
+    if (!weft__free_allowed("weft_barrier_free", "barrier", b, n))
         return;
-    }
     pthread_mutex_destroy(&b->mu);
     weft__free(b);
 }
 
 size_t weft__barrier_nwaiters(weft_barrier_t *b)
 {
-    pthread_mutex_lock(&b->mu);
-    size_t n = b->q.n;
-    pthread_mutex_unlock(&b->mu);
-    return n;
+    return weft__waitq_len(&b->mu, &b->q);
 }

@@ -213,6 +213,29 @@ static inline int weft__not_in_task(const char *fn)
     return -EPERM;
 }
 
+/* q->n read under mu (the test hooks below). */
+static inline size_t weft__waitq_len(pthread_mutex_t *mu, const weft__waitq_t *q)
+{
+    pthread_mutex_lock(mu);
+    size_t n = q->n;
+    pthread_mutex_unlock(mu);
+    return n;
+}
+
+/* For a primitive's _free, given how many tasks are still inside its
+ * waiting calls: true when it may be freed; otherwise false, with an
+ * error logged (freeing it would leave those tasks a dangling pointer, so
+ * it is leaked instead). */
+static inline bool weft__free_allowed(const char *fn, const char *what, const void *obj,
+                                      size_t busy)
+{
+    if (busy == 0)
+        return true;
+    weft__log(WEFT_LOG_ERROR, "%s: %s %p still has %zu waiting task(s); not freed", fn, what, obj,
+              busy);
+    return false;
+}
+
 /* ---- test hooks (sched/sync.c, sched/queue.c) ----------------------------
  * How many tasks wait right now (cancelled ones included), for tests that
  * must know a waiter is queued before they go on. */
