@@ -471,17 +471,18 @@ size_t weft__stack_depot_drain(void)
 {
     size_t n = 0;
 #if STACK_REUSE
-    for (;;) {
-        weft_stack_t s;
+    weft_stack_t s;
+    bool got = true;
+    while (got) {
         pthread_mutex_lock(&depot_lock);
-        bool got = depot_n > 0;
+        got = depot_n > 0;
         if (got)
             s = depot[--depot_n];
         pthread_mutex_unlock(&depot_lock);
-        if (!got)
-            return n;
-        stack_unmap(&s);
-        n++;
+        if (got) {
+            stack_unmap(&s);
+            n++;
+        }
     }
 #endif
     return n;
