@@ -237,9 +237,7 @@ static int queue_wait(weft_queue_t *q, weft__waitq_t *wq, weft__waiter_t *w,
             /* First wait: a request pending on entry is delivered here. */
             if (weft__task_take_cancel(t))
                 return WEFT_ECANCELED;
-            weft__waitq_push_back(wq, w);
-            wq->busy++;
-            weft__waitq_set_undo(t, w, undo);
+            weft__waitq_enter(&q->mu, wq, w, undo);
             *waited = true;
         } else {
             weft__waitq_push_front(wq, w);
@@ -265,7 +263,7 @@ int weft_queue_put(weft_queue_t *q, void *item)
     if (q == NULL)
         return -EINVAL;
     weft__waiter_t w = {.task = t};
-    weft__waitq_undo_t undo = {&q->mu, &q->putters};
+    weft__waitq_undo_t undo; /* filled in by weft__waitq_enter */
     bool waited = false;
     int rc;
     pthread_mutex_lock(&q->mu);
@@ -302,7 +300,7 @@ int weft_queue_get(weft_queue_t *q, void **item)
     if (q == NULL || item == NULL)
         return -EINVAL;
     weft__waiter_t w = {.task = t};
-    weft__waitq_undo_t undo = {&q->mu, &q->getters};
+    weft__waitq_undo_t undo; /* filled in by weft__waitq_enter */
     bool waited = false;
     int rc;
     pthread_mutex_lock(&q->mu);
@@ -427,25 +425,10 @@ int weft_queue_join(weft_queue_t *q)
         return WEFT_ECANCELED;
     }
     weft__waiter_t w = {.task = t};
-    weft__waitq_push_back(&q->joiners, &w);
-    q->joiners.busy++;
-    weft__waitq_undo_t undo = {&q->mu, &q->joiners};
-    weft__waitq_set_undo(t, &w, &undo);
-    int rc;
-    for (;;) {
-        bool cancelled = weft__waitq_park(&q->mu, t);
-        if (cancelled) {
-            /* asyncio waits on an Event here: a cancellation wins. */
-            if (w.linked)
-                weft__waitq_remove(&q->joiners, &w);
-            rc = WEFT_ECANCELED;
-            break;
-        }
-        if (w.granted) {
-            rc = 0;
-            break;
-        }
-    }
+    weft__waitq_undo_t undo;
+    weft__waitq_enter(&q->mu, &q->joiners, &w, &undo);
+    /* asyncio waits on an Event here: a cancellation wins. */
+    int rc = weft__waitq_wait_granted(&q->mu, &q->joiners, &w);
     q->joiners.busy--;
     pthread_mutex_unlock(&q->mu);
     weft__task_park_undo(t, NULL, NULL, NULL);

@@ -181,10 +181,8 @@ static int lock_acquire_slow(weft_lock_t *lk, weft_task_t *t, bool cancellable, 
         return WEFT_ECANCELED;
     }
     weft__waiter_t w = {.task = t};
-    weft__waitq_push_back(&lk->q, &w);
-    lk->q.busy++;
-    weft__waitq_undo_t undo = {&lk->mu, &lk->q};
-    weft__waitq_set_undo(t, &w, &undo);
+    weft__waitq_undo_t undo;
+    weft__waitq_enter(&lk->mu, &lk->q, &w, &undo);
     int rc = lock_wait_linked(lk, t, &w, cancellable, cancels);
     pthread_mutex_unlock(&lk->mu);
     weft__task_park_undo(t, NULL, NULL, NULL);
@@ -354,25 +352,10 @@ int weft_event_wait(weft_event_t *e)
         return WEFT_ECANCELED;
     }
     weft__waiter_t w = {.task = t};
-    weft__waitq_push_back(&e->q, &w);
-    e->q.busy++;
-    weft__waitq_undo_t undo = {&e->mu, &e->q};
-    weft__waitq_set_undo(t, &w, &undo);
-    int rc;
-    for (;;) {
-        bool cancelled = weft__waitq_park(&e->mu, t);
-        if (cancelled) {
-            /* asyncio: a set that meets a cancellation loses. */
-            if (w.linked)
-                weft__waitq_remove(&e->q, &w);
-            rc = WEFT_ECANCELED;
-            break;
-        }
-        if (w.granted) {
-            rc = 0;
-            break;
-        }
-    }
+    weft__waitq_undo_t undo;
+    weft__waitq_enter(&e->mu, &e->q, &w, &undo);
+    /* asyncio: a set that meets a cancellation loses. */
+    int rc = weft__waitq_wait_granted(&e->mu, &e->q, &w);
     e->q.busy--;
     pthread_mutex_unlock(&e->mu);
     weft__task_park_undo(t, NULL, NULL, NULL);
@@ -528,11 +511,9 @@ int weft_cond_wait(weft_cond_t *c)
 
     /* Link before releasing: a notify needs the lock, so none can come
      * between the release and the link and be missed. */
-    cond_waiter_t cw = {.w = {.task = t}, .undo = {&c->mu, &c->q}};
+    cond_waiter_t cw = {.w = {.task = t}};
     pthread_mutex_lock(&c->mu);
-    weft__waitq_push_back(&c->q, &cw.w);
-    c->q.busy++;
-    weft__waitq_set_undo(t, &cw.w, &cw.undo);
+    weft__waitq_enter(&c->mu, &c->q, &cw.w, &cw.undo);
     pthread_mutex_unlock(&c->mu);
     int bad = weft_lock_release(lk); /* only if someone else released it */
 
@@ -709,10 +690,8 @@ int weft_sem_acquire(weft_sem_t *s)
         return WEFT_ECANCELED;
     }
     weft__waiter_t w = {.task = t};
-    weft__waitq_push_back(&s->q, &w);
-    s->q.busy++;
-    weft__waitq_undo_t undo = {&s->mu, &s->q};
-    weft__waitq_set_undo(t, &w, &undo);
+    weft__waitq_undo_t undo;
+    weft__waitq_enter(&s->mu, &s->q, &w, &undo);
     int rc;
     for (;;) {
         bool cancelled = weft__waitq_park(&s->mu, t);
@@ -841,10 +820,8 @@ static int barrier_wait_change(weft_barrier_t *b, weft_task_t *t)
     if (weft__task_take_cancel(t))
         return WEFT_ECANCELED;
     weft__waiter_t w = {.task = t};
-    weft__waitq_push_back(&b->q, &w);
-    b->q.busy++;
-    weft__waitq_undo_t undo = {&b->mu, &b->q};
-    weft__waitq_set_undo(t, &w, &undo);
+    weft__waitq_undo_t undo;
+    weft__waitq_enter(&b->mu, &b->q, &w, &undo);
     bool cancelled = weft__waitq_park(&b->mu, t);
     if (w.linked)
         weft__waitq_remove(&b->q, &w);

@@ -202,6 +202,36 @@ static inline void weft__waitq_set_undo(weft_task_t *t, weft__waiter_t *w, weft_
     weft__task_park_undo(t, weft__waitq_undo_fn, w, u);
 }
 
+/* w's task starts waiting: w (on that task's stack) goes to the back of
+ * q, the task counts in q->busy, and u (on its stack too) is registered as
+ * its abandon undo.  Under mu, q's mutex. */
+static inline void weft__waitq_enter(pthread_mutex_t *mu, weft__waitq_t *q, weft__waiter_t *w,
+                                     weft__waitq_undo_t *u)
+{
+    weft__waitq_push_back(q, w);
+    q->busy++;
+    u->mu = mu;
+    u->q = q;
+    weft__waitq_set_undo(w->task, w, u);
+}
+
+/* Park until w is granted (0) or a cancellation is delivered
+ * (WEFT_ECANCELED, w unlinked if still linked): the cancellation wins over
+ * a grant that meets it, as with asyncio's Event.wait.  Under mu, as on
+ * return. */
+static inline int weft__waitq_wait_granted(pthread_mutex_t *mu, weft__waitq_t *q, weft__waiter_t *w)
+{
+    for (;;) {
+        if (weft__waitq_park(mu, w->task)) {
+            if (w->linked)
+                weft__waitq_remove(q, w);
+            return WEFT_ECANCELED;
+        }
+        if (w->granted)
+            return 0;
+    }
+}
+
 /* Refusal of a suspending call outside a task: -EPERM, logged in debug
  * mode (docs/errors.md rule 9). */
 static inline int weft__not_in_task(const char *fn)
