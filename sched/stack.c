@@ -424,13 +424,16 @@ static void stack_unmap(const weft_stack_t *s)
  * worker mapped a new one: mmap, mprotect and munmap were more than half
  * the time of a recursive spawn workload (W5).  The depot keeps up to
  * DEPOT_MAX of them, touched pages included, behind one lock; so at most
- * DEPOT_MAX * stack size of address space is held here (1 GiB at the
+ * DEPOT_MAX * stack size of address space is held here (4 GiB at the
  * default size, reserved, not committed); in memory, the top pages the
- * tasks touched, since deep ones are trimmed on the way in.
- * A recursive spawn workload keeps thousands of stacks live at its peak,
- * which is why the depot is this large.  Only callers with a cache use it (the task
- * code); a NULL cache means "no caching at all". */
-#define DEPOT_MAX 4096u
+ * tasks touched, since deep ones are trimmed on the way in: at most
+ * 2 pages each, 128 MiB for a full depot, and only after a burst that had
+ * that many tasks running at once.  fib(24) (W5) keeps about 5000 stacks
+ * live at its peak on 2 workers: with a 4096 depot every round mapped
+ * about 1000 new ones (mmap, madvise, mprotect, later munmap), and the
+ * workload ran at half its speed.  Only callers with a cache use it (the
+ * task code); a NULL cache means "no caching at all". */
+#define DEPOT_MAX 16384u
 
 #if STACK_REUSE
 static pthread_mutex_t depot_lock = PTHREAD_MUTEX_INITIALIZER;
