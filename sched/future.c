@@ -313,22 +313,22 @@ static void futex_wake_all(atomic_int *word)
 
 static int complete(weft_future_t *f, int final, void *value, int code, char *msg)
 {
-    int expected = WEFT__F_PENDING;
-    if (!atomic_compare_exchange_strong_explicit(&f->state, &expected, WEFT__F_COMPLETING,
-                                                 memory_order_acq_rel, memory_order_acquire)) {
+    /* Two locked instructions in all (the lock and its release): the
+     * state only leaves PENDING under the lock, so the lock alone picks
+     * the one completer (future.h). */
+    weft__lock(&f->lock);
+    if (atomic_load_explicit(&f->state, memory_order_relaxed) != WEFT__F_PENDING) {
+        weft__unlock(&f->lock);
         weft__free(msg);
         return WEFT_EINVALSTATE;
     }
     f->result = value;
     f->code = code;
     f->msg = msg;
-    /* seq_cst: publishes the fields (release) and pairs with the waiter's
-     * seq_cst increment of `waiters` (store-buffer pattern, future.h). */
-    atomic_store_explicit(&f->state, final, memory_order_seq_cst);
-    if (atomic_load_explicit(&f->waiters, memory_order_seq_cst) > 0)
-        futex_wake_all(&f->state);
-
-    weft__lock(&f->lock);
+    /* release: publishes the fields to lock-free readers of the state. */
+    atomic_store_explicit(&f->state, final, memory_order_release);
+    /* Plain-thread sleepers register under the lock (weft_future_wait). */
+    bool sleepers = atomic_load_explicit(&f->waiters, memory_order_relaxed) > 0;
     f->cbs_closed = true;
     /* Wake awaiting tasks directly (no loop hop).  Under the lock, so a
      * waiter's node stays valid until its wake returned (future.h).  The
@@ -358,6 +358,10 @@ static int complete(weft_future_t *f, int final, void *value, int code, char *ms
     else if (h != NULL)
         weft__handle_unref(h); /* every callback was removed */
     weft__unlock(&f->lock);
+    /* The completer holds a reference through the call (weft/future.h), so
+     * f is still there. */
+    if (sleepers)
+        futex_wake_all(&f->state);
     return 0;
 }
 
@@ -454,10 +458,18 @@ int weft_future_wait(weft_future_t *f, int64_t timeout_ns)
     if (timeout_ns == 0)
         return WEFT_ETIMEDOUT;
     int64_t deadline = timeout_ns > 0 ? weft__now_ns() + timeout_ns : -1;
-    atomic_fetch_add_explicit(&f->waiters, 1, memory_order_seq_cst);
+    /* Registered under the lock that completion holds while it stores the
+     * state: either complete() sees this count, or we see its state. */
+    weft__lock(&f->lock);
+    bool done = is_final(atomic_load_explicit(&f->state, memory_order_relaxed));
+    if (!done)
+        atomic_fetch_add_explicit(&f->waiters, 1, memory_order_relaxed);
+    weft__unlock(&f->lock);
+    if (done)
+        return 0;
     int rc = 0;
     for (;;) {
-        int s = atomic_load_explicit(&f->state, memory_order_seq_cst);
+        int s = load_state(f);
         if (is_final(s))
             break;
         struct timespec ts, *tsp = NULL;

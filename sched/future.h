@@ -1,10 +1,13 @@
 /* weft — futures (private layout).
  *
- * Theory of operation.  `state` moves PENDING -> COMPLETING -> one of
- * RESULT / ERROR / CANCELLED.  The single CAS out of PENDING picks the one
- * completer; it alone writes result/code/msg, then publishes them with a
- * seq_cst store of the final state.  Readers that see a final state with an
- * acquire (or stronger) load may read the fields without a lock.
+ * Theory of operation.  `state` moves from PENDING to one of RESULT /
+ * ERROR / CANCELLED, only under `lock`: the first completer to take the
+ * lock and find PENDING is the one completer; it writes result/code/msg,
+ * then publishes them with a release store of the final state.  Readers
+ * that see a final state with an acquire (or stronger) load may read the
+ * fields without a lock.  (COMPLETING is no longer used: a CAS into it and
+ * a seq_cst store out of it were two of the four locked instructions a
+ * completion cost.)
  *
  * Done callbacks live in a list under `lock`.  Completion closes the list
  * (cbs_closed) and posts it to the loop as one batch, through a handle
@@ -15,9 +18,11 @@
  * suspension.
  *
  * Plain-thread waiters (weft_future_wait) sleep on a futex on `state`.
- * Store-buffer pairing: the waiter increments `waiters` then loads
- * `state`; the completer stores `state` then loads `waiters`; all four are
- * seq_cst, so at least one side sees the other and no wake is lost.
+ * A waiter checks the state and increments `waiters` under the lock; the
+ * completer stores the state and reads `waiters` under the same lock, and
+ * wakes the futex after releasing it.  So either the waiter saw the final
+ * state, or the completer saw the waiter; the kernel re-checks the state
+ * before sleeping, so a wake that comes first is not lost.
  *
  * Invariants:
  *   1. result/code/msg are written once, before the final state is stored.

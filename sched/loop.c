@@ -42,14 +42,51 @@ static void loop_destroy(weft_loop_t *loop)
     weft__free(loop);
 }
 
+/* Large enough that references taken by the worker thread and dropped by
+ * others never bring refs down to it from above. */
+#define REF_BIAS ((int64_t)1 << 40)
+
+/* True only on the worker thread of a biased loop: nobody else has it as
+ * running loop, so `biased` is read by its writer alone. */
+static inline bool owner_counts(const weft_loop_t *loop)
+{
+    return weft_get_running_loop() == loop && loop->biased;
+}
+
 void weft__loop_retain(weft_loop_t *loop)
 {
+    if (owner_counts(loop)) {
+        loop->owner_refs++;
+        return;
+    }
     atomic_fetch_add_explicit(&loop->refs, 1, memory_order_relaxed);
 }
 
 void weft__loop_release(weft_loop_t *loop)
 {
+    if (owner_counts(loop)) {
+        loop->owner_refs--; /* may go below zero: refs holds the bias */
+        return;
+    }
     if (atomic_fetch_sub_explicit(&loop->refs, 1, memory_order_acq_rel) == 1)
+        loop_destroy(loop);
+}
+
+void weft__loop_bias_begin(weft_loop_t *loop)
+{
+    loop->biased = true;
+    loop->owner_refs = 0;
+    atomic_fetch_add_explicit(&loop->refs, REF_BIAS, memory_order_relaxed);
+}
+
+void weft__loop_bias_end(weft_loop_t *loop)
+{
+    if (!loop->biased)
+        return;
+    loop->biased = false;
+    int64_t d = loop->owner_refs - REF_BIAS;
+    loop->owner_refs = 0;
+    if (atomic_fetch_add_explicit(&loop->refs, d, memory_order_acq_rel) + d == 0)
         loop_destroy(loop);
 }
 
@@ -646,6 +683,7 @@ void weft_loop_free(weft_loop_t *loop)
         return;
     }
     weft_loop_close(loop);
+    weft__loop_bias_end(loop); /* a worker's loop: its thread has ended */
     weft__loop_release(loop);
 }
 

@@ -13,6 +13,8 @@
  *   | running, stopping,closed,| atomics             | any                  |
  *   |   owner, debug, slow_ns  |                     |                      |
  *   | refs                     | any (atomic)        | any                  |
+ *   | owner_refs, biased       | worker thread (then | worker thread (then  |
+ *   |                          | runtime, after join)| runtime, after join) |
  *   | stats                    | relaxed atomics     | any                  |
  *
  * Park protocol (DESIGN.md "Parking"): `park` is RUNNING, PARKED or
@@ -84,7 +86,11 @@ struct weft_loop {
     atomic_bool debug;
     _Atomic(int64_t) slow_ns;
     _Atomic(const void *) owner; /* weft__thread_id() of the loop thread */
-    atomic_uint refs;
+    /* References (futures, handles and the creator's): biased for a
+     * worker's loop (weft__loop_retain), plain otherwise. */
+    _Atomic(int64_t) refs;
+    int64_t owner_refs; /* the worker thread's own, unshared count */
+    bool biased;        /* owner_refs in use, with refs raised by a bias */
     weft_loop_counters_t stats;
 
     /* ---- cross-thread hot words, each on its own line ---- */
@@ -99,8 +105,22 @@ struct weft_loop {
                           atomic_load_explicit(&(loop)->stats.field, memory_order_relaxed) + (n),  \
                           memory_order_relaxed)
 
+/* References on a loop.  A runtime worker's loop counts the references
+ * its own thread takes and drops in a plain field (owner_refs), and only
+ * the others' in the atomic `refs`, which a large bias keeps from reaching
+ * zero meanwhile: every future and handle holds a reference, so a spawn
+ * used to cost two locked instructions on one line shared by all the
+ * workers.  weft__loop_bias_end folds the two together. */
 void weft__loop_retain(weft_loop_t *loop);
 void weft__loop_release(weft_loop_t *loop);
+
+/* Give a worker loop biased counting (before its thread starts). */
+void weft__loop_bias_begin(weft_loop_t *loop);
+
+/* Fold owner_refs into refs and stop the biased counting; no-op if it is
+ * not biased.  Called by the worker thread once it stopped running the
+ * loop, or by any thread after that thread ended (or never started). */
+void weft__loop_bias_end(weft_loop_t *loop);
 
 /* true on the thread that may use loop-thread functions right now: the
  * running loop's thread, or while it is not running, any thread. */

@@ -113,6 +113,7 @@ int weft_runtime_new(const weft_config_t *cfg, weft_runtime_t **out)
         if (rc != 0)
             goto fail;
         w->loop->worker = w;
+        weft__loop_bias_begin(w->loop);
         weft_loop_set_debug(w->loop, rt->debug);
         weft_loop_set_slow_callback_duration(w->loop, rt->slow_ns);
     }

@@ -19,6 +19,26 @@
 
 static atomic_uint_fast64_t next_task_id = 1;
 
+/* Task ids come from the global counter in blocks of ID_BLOCK per thread:
+ * one shared locked add per block instead of one per spawn, whose cache
+ * line every worker would otherwise pass around.  Ids stay unique; their
+ * order across threads is not the order of creation. */
+#define ID_BLOCK 256u
+static _Thread_local uint64_t tls_id_next, tls_id_end;
+
+/* Never inlined, and it does not suspend: the TLS addresses are computed
+ * afresh on every call, on whatever thread the task runs now. */
+__attribute__((noinline)) static uint64_t task_id_take(void)
+{
+    if (tls_id_next == tls_id_end) {
+        tls_id_next = atomic_fetch_add_explicit(&next_task_id, ID_BLOCK, memory_order_relaxed);
+        tls_id_end = tls_id_next + ID_BLOCK;
+    }
+    uint64_t id = tls_id_next++;
+    __asm__ volatile("" ::: "memory");
+    return id;
+}
+
 /* ---- the current task (TLS through non-inlined accessors) --------------- */
 
 static _Thread_local weft_task_t *tls_current_task;
@@ -49,7 +69,7 @@ void weft__task_set_init(weft_task_set_t *s, unsigned nshards)
         nshards = WEFT__TASK_SHARDS_MAX;
     s->nshards = nshards;
     for (unsigned i = 0; i < WEFT__TASK_SHARDS_MAX; i++) {
-        pthread_mutex_init(&s->shards[i].lock, NULL);
+        weft__lock_init(&s->shards[i].lock);
         s->shards[i].head = NULL;
         s->shards[i].count = 0;
     }
@@ -63,7 +83,6 @@ void weft__task_set_destroy(weft_task_set_t *s)
 {
     for (unsigned i = 0; i < WEFT__TASK_SHARDS_MAX; i++) {
         WEFT_ASSERT(s->shards[i].count == 0);
-        pthread_mutex_destroy(&s->shards[i].lock);
     }
     pthread_cond_destroy(&s->empty);
     pthread_mutex_destroy(&s->empty_lock);
@@ -73,9 +92,9 @@ static int set_add(weft_task_set_t *s, weft_task_t *t)
 {
     unsigned idx = pick_shard(s);
     weft_task_shard_t *sh = &s->shards[idx];
-    pthread_mutex_lock(&sh->lock);
+    weft__lock(&sh->lock);
     if (atomic_load_explicit(&s->closed, memory_order_relaxed)) {
-        pthread_mutex_unlock(&sh->lock);
+        weft__unlock(&sh->lock);
         return WEFT_ECLOSED;
     }
     t->shard_idx = (uint8_t)idx;
@@ -85,7 +104,7 @@ static int set_add(weft_task_set_t *s, weft_task_t *t)
         sh->head->set_prev = t;
     sh->head = t;
     sh->count++;
-    pthread_mutex_unlock(&sh->lock);
+    weft__unlock(&sh->lock);
     return 0;
 }
 
@@ -106,7 +125,7 @@ static void set_remove(weft_task_t *t)
 {
     weft_task_set_t *s = task_set_of(t);
     weft_task_shard_t *sh = &s->shards[t->shard_idx];
-    pthread_mutex_lock(&sh->lock);
+    weft__lock(&sh->lock);
     if (t->set_prev != NULL)
         t->set_prev->set_next = t->set_next;
     else
@@ -115,7 +134,7 @@ static void set_remove(weft_task_t *t)
         t->set_next->set_prev = t->set_prev;
     t->set_prev = t->set_next = NULL;
     bool now_empty = --sh->count == 0;
-    pthread_mutex_unlock(&sh->lock);
+    weft__unlock(&sh->lock);
     /* seq_cst pairs with the waiter's store of `waiting` and its reads of
      * the shard counts: either it sees this shard empty, or we see it
      * waiting and signal under empty_lock, which it holds from its check
@@ -133,10 +152,10 @@ static void set_for_each(weft_task_set_t *s, void (*fn)(weft_task_t *t, void *ar
 {
     for (unsigned i = 0; i < s->nshards; i++) {
         weft_task_shard_t *sh = &s->shards[i];
-        pthread_mutex_lock(&sh->lock);
+        weft__lock(&sh->lock);
         for (weft_task_t *t = sh->head; t != NULL; t = t->set_next)
             fn(t, arg);
-        pthread_mutex_unlock(&sh->lock);
+        weft__unlock(&sh->lock);
     }
 }
 
@@ -144,9 +163,9 @@ static bool set_empty(weft_task_set_t *s)
 {
     for (unsigned i = 0; i < s->nshards; i++) {
         weft_task_shard_t *sh = &s->shards[i];
-        pthread_mutex_lock(&sh->lock);
+        weft__lock(&sh->lock);
         size_t n = sh->count;
-        pthread_mutex_unlock(&sh->lock);
+        weft__unlock(&sh->lock);
         if (n != 0)
             return false;
     }
@@ -158,9 +177,9 @@ static weft_task_t *set_any(weft_task_set_t *s)
 {
     for (unsigned i = 0; i < s->nshards; i++) {
         weft_task_shard_t *sh = &s->shards[i];
-        pthread_mutex_lock(&sh->lock);
+        weft__lock(&sh->lock);
         weft_task_t *t = sh->head;
-        pthread_mutex_unlock(&sh->lock);
+        weft__unlock(&sh->lock);
         if (t != NULL)
             return t;
     }
@@ -363,7 +382,7 @@ int weft__task_new(weft_fn fn, void *arg, const weft_spawn_opts_t *opts, weft_ru
     weft_task_t *t = weft__calloc(1, sizeof *t);
     if (t == NULL)
         return -ENOMEM;
-    t->id = atomic_fetch_add_explicit(&next_task_id, 1, memory_order_relaxed);
+    t->id = task_id_take();
     char *name = NULL;
     if (opts != NULL && opts->name != NULL) {
         name = weft__strdup(opts->name);

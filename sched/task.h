@@ -86,12 +86,12 @@ struct weft_worker;
 #define WEFT__TASK_SHARDS_MAX 16u /* fits weft_task.shard_idx (uint8_t) */
 
 typedef struct weft_task_shard {
-    pthread_mutex_t lock;
+    weft__lock_t lock; /* held for a few stores: the futex lock is cheaper */
     struct weft_task *head;
     size_t count;
     /* 128 bytes a shard: with the 16-byte alignment malloc gives, the
      * used part of two shards never shares a 64-byte cache line. */
-    char pad[128 - sizeof(pthread_mutex_t) - 2 * sizeof(void *)];
+    char pad[128 - sizeof(weft__lock_t) - 2 * sizeof(void *)];
 } weft_task_shard_t;
 
 typedef struct weft_task_set {

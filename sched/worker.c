@@ -311,6 +311,8 @@ void *weft__worker_main(void *arg)
     drain_loop(loop);
     weft__coro_thread_fini(&loop->main_ctx);
     weft__loop_set_running(NULL);
+    /* From here this thread counts its references like everyone else. */
+    weft__loop_bias_end(loop);
     atomic_store_explicit(&loop->running, false, memory_order_release);
     atomic_store_explicit(&loop->owner, NULL, memory_order_release);
     set_current_worker(NULL);
