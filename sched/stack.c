@@ -439,6 +439,13 @@ static void stack_unmap(const weft_stack_t *s)
 static pthread_mutex_t depot_lock = PTHREAD_MUTEX_INITIALIZER;
 static weft_stack_t depot[DEPOT_MAX];
 static unsigned depot_n;
+static atomic_bool depot_room_hint = true; /* depot_n < DEPOT_MAX, as of the last change */
+
+/* A hint, read without the lock: depot_put still decides. */
+static bool depot_has_room(void)
+{
+    return atomic_load_explicit(&depot_room_hint, memory_order_relaxed);
+}
 
 static bool depot_put(const weft_stack_t *s)
 {
@@ -447,6 +454,7 @@ static bool depot_put(const weft_stack_t *s)
     if (depot_n < DEPOT_MAX) {
         depot[depot_n++] = *s;
         kept = true;
+        atomic_store_explicit(&depot_room_hint, depot_n < DEPOT_MAX, memory_order_relaxed);
     }
     pthread_mutex_unlock(&depot_lock);
     return kept;
@@ -461,6 +469,7 @@ static bool depot_take(size_t size, weft_stack_t *out)
             continue;
         *out = depot[i];
         depot[i] = depot[--depot_n];
+        atomic_store_explicit(&depot_room_hint, true, memory_order_relaxed);
         got = true;
         break;
     }
@@ -481,6 +490,7 @@ size_t weft__stack_depot_drain(void)
         got = depot_n > 0;
         if (got)
             s = depot[--depot_n];
+        atomic_store_explicit(&depot_room_hint, true, memory_order_relaxed);
         pthread_mutex_unlock(&depot_lock);
         if (got) {
             stack_unmap(&s);
@@ -572,19 +582,23 @@ void weft__stack_release(weft_stack_cache_t *c, weft_stack_t *s)
         return;
 #if STACK_REUSE
     /* Kept with its touched pages: the next task on this worker reuses
-     * them without a fault. */
-    /* Cached and depot stacks keep their pages, so trim deep ones first:
-     * what free stacks hold stays small. */
-    if (c != NULL)
-        trim_deep_pages(s);
+     * them without a fault.  Cached and depot stacks keep their pages, so
+     * trim deep ones first: what free stacks hold stays small.  Only a
+     * stack that will be kept is probed: the probe's first read of a page
+     * never touched is a (zero-page) fault, half the page faults of a
+     * million tasks that end together (W11) when every stack was probed. */
     if (c != NULL && c->n < c->cap) {
+        trim_deep_pages(s);
         c->v[c->n++] = *s;
         memset(s, 0, sizeof *s);
         return;
     }
-    if (c != NULL && depot_put(s)) {
-        memset(s, 0, sizeof *s);
-        return;
+    if (c != NULL && depot_has_room()) {
+        trim_deep_pages(s);
+        if (depot_put(s)) {
+            memset(s, 0, sizeof *s);
+            return;
+        }
     }
 #else
     (void)c;
