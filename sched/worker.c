@@ -163,6 +163,20 @@ static weft_task_t *next_local(weft_worker_t *w)
     return from_inject_batch(w);
 }
 
+weft_task_t *weft__worker_next_direct(weft_worker_t *w)
+{
+    /* Every WEFT__FAIRNESS_TICKS-th tick belongs to the worker loop: the
+     * inject queue, timers, I/O and callbacks. */
+    if ((w->tick + 1) % WEFT__FAIRNESS_TICKS == 0 ||
+        atomic_load_explicit(&w->rt->stopping, memory_order_relaxed))
+        return NULL;
+    w->tick++;
+    weft_task_t *t = next_local(w);
+    if (t != NULL)
+        STAT_INC(w, tasks_run);
+    return t;
+}
+
 static void stop_searching(weft_worker_t *w, bool found)
 {
     if (!w->searching)
@@ -285,17 +299,19 @@ void *weft__worker_main(void *arg)
     weft__coro_thread_init(&loop->main_ctx);
 
     while (!atomic_load_explicit(&rt->stopping, memory_order_acquire)) {
-        w->tick++;
+        /* Fairness: timers, I/O and callbacks get their turn even when
+         * the ring never empties.  Checked before the task is taken: tasks
+         * that yield straight to one another advance the tick too
+         * (weft__worker_next_direct), and hand the turn back here when it
+         * is the loop's. */
+        if (++w->tick % WEFT__FAIRNESS_TICKS == 0)
+            (void)weft__loop_run_once(loop, false);
         weft_task_t *t = next_local(w);
         if (t == NULL)
             t = steal(w);
         if (t != NULL) {
             stop_searching(w, true);
             run_task(w, t);
-            /* Fairness: timers, I/O and callbacks get their turn even when
-             * the ring never empties. */
-            if (w->tick % WEFT__FAIRNESS_TICKS == 0)
-                (void)weft__loop_run_once(loop, false);
             continue;
         }
         stop_searching(w, false);

@@ -53,6 +53,10 @@ typedef struct weft_worker {
     pthread_t thread;
     bool started;
     weft_task_t *lifo;
+    /* A task that handed this thread straight to another by weft_yield,
+     * to be queued again by the task that runs next (its context is saved
+     * only once the switch is done; sched/task.c, "direct yield"). */
+    weft_task_t *handoff;
     unsigned lifo_streak;
     uint32_t tick;
     uint64_t rng;
@@ -108,5 +112,10 @@ void weft__rt_stop_workers(struct weft_runtime *rt);
 
 /* Queue a task on the current worker (LIFO slot when `lifo`). */
 void weft__worker_push(weft_worker_t *w, weft_task_t *t, bool lifo);
+
+/* The task to hand the thread to straight from a yielding task: the next
+ * local task, counted as one scheduler tick; NULL when the scheduler must
+ * take this turn itself (fairness tick, stopping) or has nothing local. */
+weft_task_t *weft__worker_next_direct(weft_worker_t *w);
 
 #endif /* WEFT_SCHED_WORKER_H */

@@ -1539,6 +1539,84 @@ static int migrant_body(void *arg, void **result)
     return 0;
 }
 
+/* Direct yields: on a worker, weft_yield switches straight to the next
+ * local task instead of going through the worker loop.  On one worker,
+ * yielders must still interleave round-robin in FIFO order across many
+ * fairness ticks, and the worker loop must still get its turn: a callback
+ * posted to it runs within about one fairness period (61 ticks) of yields,
+ * not when the yielders are done. */
+#define DY_TASKS  3
+#define DY_ROUNDS 300
+
+typedef struct direct_yield {
+    int order[DY_TASKS * DY_ROUNDS];
+    int n;
+    int seen_by_callback; /* -1 until the callback ran: n at that moment */
+} direct_yield_t;
+
+typedef struct dy_arg {
+    direct_yield_t *d;
+    int id;
+} dy_arg_t;
+
+static void dy_callback(void *arg)
+{
+    direct_yield_t *d = arg;
+    d->seen_by_callback = d->n;
+}
+
+static int dy_yielder(void *arg, void **result)
+{
+    (void)result;
+    dy_arg_t *a = arg;
+    for (int i = 0; i < DY_ROUNDS; i++) {
+        a->d->order[a->d->n++] = a->id;
+        CHECK(&g_rec, weft_yield() == 0);
+    }
+    return 0;
+}
+
+static int dy_root(void *arg, void **result)
+{
+    (void)result;
+    direct_yield_t *d = arg;
+    dy_arg_t args[DY_TASKS];
+    weft_task_t *t[DY_TASKS];
+    for (int i = 0; i < DY_TASKS; i++) {
+        args[i] = (dy_arg_t){d, i};
+        CHECK(&g_rec, weft_spawn(dy_yielder, &args[i], NULL, &t[i]) == 0);
+    }
+    CHECK(&g_rec, weft_loop_call_soon(weft_get_running_loop(), dy_callback, d, NULL) == 0);
+    for (int i = 0; i < DY_TASKS; i++) {
+        CHECK(&g_rec, weft_await(weft_task_future(t[i]), NULL) == 0);
+        weft_task_release(t[i]);
+    }
+    return 0;
+}
+
+static void test_runtime_direct_yields_keep_fifo_order_and_loop_turns(void **state)
+{
+    (void)state;
+    weft_runtime_t *rt = new_rt(1);
+    direct_yield_t *d = calloc(1, sizeof *d);
+    assert_non_null(d);
+    d->seen_by_callback = -1;
+    weft_future_t *f;
+    assert_int_equal(weft_runtime_submit(rt, dy_root, d, &f), 0);
+    assert_int_equal(weft_future_wait(f, WAIT_LIMIT), 0);
+    assert_int_equal(weft_future_result(f, NULL), 0);
+    weft_future_release(f);
+    assert_int_equal(weft_runtime_shutdown(rt, WAIT_LIMIT), 0);
+    weft_runtime_free(rt);
+    ASSERT_NO_FAILURE(&g_rec);
+    assert_int_equal(d->n, DY_TASKS * DY_ROUNDS);
+    for (int i = 0; i < d->n; i++)
+        assert_int_equal(d->order[i], i % DY_TASKS);
+    assert_true(d->seen_by_callback >= 0);
+    assert_true(d->seen_by_callback <= 2 * 61);
+    free(d);
+}
+
 /* Background load so that yields find queues to be stolen from. */
 static int load_body(void *arg, void **result)
 {
@@ -2486,6 +2564,7 @@ int main(int argc, char **argv)
         TEST(test_runtime_worker_busy_in_a_callback_does_not_stop_other_workers),
         TEST(test_runtime_submit_while_a_worker_blocks_in_a_callback_wakes_an_idle_one),
         TEST(test_runtime_task_sees_its_current_thread_state_after_migrating),
+        TEST(test_runtime_direct_yields_keep_fifo_order_and_loop_turns),
         TEST(test_runtime_shutdown_cancels_thousands_of_pending_tasks_each_done_callback_once),
         TEST(test_runtime_shutdown_abandons_tasks_that_ignore_cancellation),
     };
