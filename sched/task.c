@@ -256,8 +256,10 @@ void weft_task_release(weft_task_t *t)
         weft_future_release(&t->fut);
 }
 
-/* Record the outcome, leave every set, drop the scheduler's reference. */
-static void complete_task(weft_task_t *t)
+/* Record the outcome and leave every set; the scheduler's reference stays
+ * (a task ending on its own stack publishes its outcome before it
+ * switches out, and its stack is freed after). */
+static void publish_outcome(weft_task_t *t)
 {
     atomic_store_explicit(&t->state, WEFT__T_DONE, memory_order_release);
     /* acq_rel: pairs with the CAS in weft_task_cancel (task.h, CLOSED). */
@@ -287,6 +289,12 @@ static void complete_task(weft_task_t *t)
         weft_future_set_error(&t->fut, -EINVAL, "task function returned a positive value");
     }
     set_remove(t);
+}
+
+/* Record the outcome, leave every set, drop the scheduler's reference. */
+static void complete_task(weft_task_t *t)
+{
+    publish_outcome(t);
     weft_future_release(&t->fut);
 }
 
@@ -464,21 +472,26 @@ void weft__task_wake(weft_task_t *t)
 
 static bool take_cancel(weft_task_t *t);
 static void finish_handoff(void);
+static weft_task_t *direct_next(weft_task_t *t);
 
 static void task_entry(void *arg)
 {
     weft_task_t *t = arg;
-    finish_handoff(); /* started by a direct yield: queue the yielder */
+    finish_handoff(); /* started by a direct switch: finish the one before */
     void *result = NULL;
     /* asyncio throws CancelledError into a coroutine cancelled before its
      * first step, so its body never runs: work cancelled before it
      * started (say, by wait_for with a zero timeout) never starts. */
     int rc = take_cancel(t) ? WEFT_ECANCELED : t->fn(t->arg, &result);
     t->rc = rc;
-    t->fut.result = result; /* not published until complete_task sets it */
+    t->fut.result = result; /* not published until publish_outcome sets it */
+    /* Published from here, so that a waiter it wakes (into this worker's
+     * LIFO slot) can be the task switched to next. */
+    publish_outcome(t);
     t->finished = true;
     /* Read the resumer now: the task may have migrated since it started. */
-    weft__coro_exit(&t->coro, t->resumer);
+    weft_task_t *next = direct_next(t);
+    weft__coro_exit(&t->coro, next != NULL ? &next->coro : t->resumer);
 }
 
 static weft_stack_cache_t *loop_stacks(weft_loop_t *loop)
@@ -516,28 +529,19 @@ static bool task_prepare(weft_task_t *t, weft_loop_t *loop)
     return true;
 }
 
-void weft__task_resume(weft_task_t *t, weft_loop_t *loop)
+/* What follows a task's switch out, on loop's thread, by whoever runs
+ * next there: the worker loop, or the next task after a direct switch. */
+static void switched_out(weft_task_t *t, weft_loop_t *loop)
 {
-    if (!task_prepare(t, loop))
-        return;
-    weft_task_t *prev = weft_current_task();
-    weft_coro_t *from = prev != NULL ? &prev->coro : &loop->main_ctx;
-    t->resumer = from;
-    set_current_task(t);
-    weft__coro_switch(from, &t->coro);
-    /* Back here from t, or from a task that t (or a successor of it)
-     * handed the thread to by a direct yield: deal with that one. */
-    t = weft_current_task();
-    set_current_task(prev);
-
     if (weft_loop_get_debug(loop) && t->has_stack && !weft__stack_canary_ok(&t->stack)) {
         weft__log(WEFT_LOG_ERROR, "task %s overflowed its stack of %zu bytes",
                   weft_task_get_name(t), (size_t)t->stack.size);
         WEFT_CHECK(!"stack overflow");
     }
     if (t->finished) {
+        /* Its outcome was published by task_entry. */
         release_stack(t, loop_stacks(loop));
-        complete_task(t);
+        weft_future_release(&t->fut);
         return;
     }
     if (t->yielding) {
@@ -556,62 +560,77 @@ void weft__task_resume(weft_task_t *t, weft_loop_t *loop)
     }
 }
 
-/* ---- direct yield ----------------------------------------------------------
- * A yielding task on a worker switches straight to the next local task,
- * instead of back to the worker loop and from there to the next task: one
- * context switch per yield instead of two (each also costs a mispredicted
- * return).  The yielder must not be queued before its context is saved, or
- * a thief could resume a half-saved task; so it is left in the worker's
- * `handoff`, and the task that runs next queues it as the first thing it
- * does (finish_handoff).  That task is resumed in the worker loop's name
- * (its resumer is the worker's main context, as the yielder's was), so it
- * suspends back to the worker loop as usual, and weft__task_resume deals
- * with whichever task comes back. */
+void weft__task_resume(weft_task_t *t, weft_loop_t *loop)
+{
+    if (!task_prepare(t, loop))
+        return;
+    weft_task_t *prev = weft_current_task();
+    weft_coro_t *from = prev != NULL ? &prev->coro : &loop->main_ctx;
+    t->resumer = from;
+    set_current_task(t);
+    weft__coro_switch(from, &t->coro);
+    /* Back here from t, or from a task that t (or a successor of it)
+     * handed the thread to directly: deal with that one. */
+    t = weft_current_task();
+    set_current_task(prev);
+    switched_out(t, loop);
+}
+
+/* ---- direct switches --------------------------------------------------------
+ * A task on a worker that yields, parks or ends switches straight to the
+ * next local task, instead of back to the worker loop and from there to
+ * the next task: one context switch instead of two (each also costs a
+ * mispredicted return), and no trip through the worker loop.  What must
+ * follow the switch out (queue a yielder again, mark a parked task IDLE,
+ * complete a finished one and free its stack: switched_out) cannot run
+ * before the context is saved, or a thief or a waker could resume a
+ * half-saved task; so the task is left in the worker's `handoff`, and the
+ * task that runs next does it as the first thing it does (finish_handoff).
+ * That task is resumed in the worker loop's name (its resumer is the
+ * worker's main context, as the first one's was), so it too may switch
+ * directly, or back to the worker loop, whose weft__task_resume deals with
+ * whichever task comes back.  Every WEFT__FAIRNESS_TICKS-th tick goes back
+ * to the worker loop (weft__worker_next_direct). */
 
 static void finish_handoff(void)
 {
     weft_worker_t *w = weft__current_worker();
     if (w == NULL || w->handoff == NULL)
         return;
-    weft_task_t *y = w->handoff;
+    weft_task_t *prev = w->handoff;
     w->handoff = NULL;
-    enqueue(y, ENQ_REQUEUE); /* RUNNING kept, as for a yield (task.h) */
+    switched_out(prev, w->loop);
 }
 
-/* Switch from t to `to`; when t runs again, first queue a task that handed
- * the thread over to it. */
-static void switch_from(weft_task_t *t, weft_coro_t *to)
-{
-    weft__coro_switch(&t->coro, to);
-    finish_handoff();
-}
-
-/* true: t yielded by switching straight to another task and now runs
- * again; false: not possible here, yield through the worker loop. */
-static bool yield_direct(weft_task_t *t)
+/* The task to switch to straight from t, made current, with t left in the
+ * worker's handoff; NULL when t must switch back to its resumer. */
+static weft_task_t *direct_next(weft_task_t *t)
 {
     weft_worker_t *w = weft__current_worker();
     if (w == NULL || t->home != NULL || w->rt != t->rt)
-        return false;
+        return NULL;
     weft_loop_t *loop = w->loop;
     /* Resumed by the worker loop (not eagerly, inside another task), and
      * not in debug mode, whose stack checks run in the worker loop. */
     if (t->resumer != &loop->main_ctx || weft_loop_get_debug(loop))
-        return false;
+        return NULL;
     weft_task_t *next = weft__worker_next_direct(w);
     if (next == NULL || !task_prepare(next, loop))
-        return false;
+        return NULL;
     next->resumer = t->resumer;
     w->handoff = t;
     set_current_task(next);
-    switch_from(t, &next->coro);
-    return true;
+    return next;
 }
 
-/* Switch back to whoever resumed t. */
+/* Switch out of t (yielding or parking): to the next local task, or back
+ * to whoever resumed it.  Returns when t is resumed, after finishing the
+ * handoff of whoever switched to it. */
 static void suspend(weft_task_t *t)
 {
-    switch_from(t, t->resumer);
+    weft_task_t *next = direct_next(t);
+    weft__coro_switch(&t->coro, next != NULL ? &next->coro : t->resumer);
+    finish_handoff();
 }
 
 static bool take_cancel(weft_task_t *t)
@@ -840,10 +859,8 @@ int weft_yield(void)
         return -EPERM;
     if (take_cancel(t))
         return WEFT_ECANCELED;
-    if (!yield_direct(t)) {
-        t->yielding = true;
-        suspend(t);
-    }
+    t->yielding = true;
+    suspend(t);
     return take_cancel(t) ? WEFT_ECANCELED : 0;
 }
 
