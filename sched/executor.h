@@ -45,10 +45,12 @@ unsigned weft__executor_thread_count(weft_executor_t *ex);
 /* rt's default executor, or NULL for rt NULL (sched/runtime.c). */
 weft_executor_t *weft__runtime_default_executor(weft_runtime_t *rt);
 
-/* Test seam: when set, every thread creation (in any executor) first
- * calls fn(arg), on the submitting thread with no executor lock held; a
- * non-zero errno value (EAGAIN, as at the process's thread limit) makes the
- * creation fail as pthread_create would.  NULL removes it.
+/* Test seam: when set, every thread creation (in any executor: pool
+ * threads and the monitor thread that starts pool threads for jobs stuck
+ * behind blocked ones) first calls fn(arg), with no executor lock held, on
+ * the creating thread: the submitting one, or the monitor for the threads
+ * it starts.  A non-zero errno value (EAGAIN, as at the process's thread
+ * limit) makes the creation fail as pthread_create would.  NULL removes it.
  * Thread: any, while no submission runs (meant for tests).  Suspends: no. */
 typedef int (*weft__spawn_hook_fn)(void *arg);
 void weft__executor_set_spawn_hook(weft__spawn_hook_fn fn, void *arg);

@@ -1,8 +1,10 @@
 /* Tests for executor pools (include/weft/executor.h, sched/executor.h):
  * outcomes propagated through the future, binding to the running loop,
  * threads started on demand up to the cap and ended after the keep-alive,
- * cancellation before and during a call, shutdown and free with queued
- * work, every documented return code (allocation and thread-creation
+ * short calls served by about one thread per CPU, blocking calls (jobs
+ * that all sleep, jobs that wait for a job queued after them) given a
+ * thread each, cancellation before and during a call, shutdown and free
+ * with queued work, every documented return code (allocation and thread-creation
  * failures through their test seams), jobs that submit jobs, the default
  * executor, and the signal mask of pool threads.
  *
@@ -22,8 +24,10 @@
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdbool.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "weft.h"
 #include "weft/executor.h"
@@ -515,6 +519,193 @@ static void test_executor_idle_threads_exit_after_the_keepalive(void **state)
     weft_executor_free(ex);
     ASSERT_NO_FAILURE(&p.rec);
     gate_destroy(&p.gate);
+    weft_loop_free(loop);
+}
+
+/* ---- short calls, blocking calls ------------------------------------------------- */
+
+static unsigned online_cpus(void)
+{
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    return n > 0 ? (unsigned)n : 1;
+}
+
+static int nop_fn(void *arg, void **result)
+{
+    (void)arg;
+    (void)result;
+    return 0;
+}
+
+/* A burst of short calls is served by about one thread per CPU: the pool
+ * starts threads beyond ncpu only for threads stuck in a call, and these
+ * calls never get stuck.  (Starting one per queued job would make
+ * hundreds.)  The bound leaves room for a thread or two caught asleep in
+ * an allocator lock on a loaded machine. */
+static void test_executor_short_calls_do_not_grow_the_pool_past_the_cpus(void **state)
+{
+    (void)state;
+    enum { JOBS = 2000 };
+    weft_loop_t *loop = new_loop();
+    weft_executor_t *ex = new_executor(0, 0);
+    static weft_future_t *fs[JOBS];
+    for (int i = 0; i < JOBS; i++)
+        fs[i] = submit(ex, loop, nop_fn, NULL);
+    for (int i = 0; i < JOBS; i++) {
+        wait_done(fs[i]);
+        assert_int_equal(weft_future_result(fs[i], NULL), 0);
+        weft_future_release(fs[i]);
+    }
+    assert_true(weft__executor_thread_count(ex) <= 2 * online_cpus() + 8);
+    weft_executor_free(ex);
+    weft_loop_free(loop);
+}
+
+/* Each job waits (asleep) until all JOBS run at once, for at most WAIT_NS:
+ * they finish only if the pool grows well past the CPU count while none
+ * of them returns and nobody submits. */
+typedef struct rendezvous {
+    check_rec_t rec;
+    int jobs;
+    atomic_int running;
+    atomic_int met;
+} rendezvous_t;
+
+static int rendezvous_fn(void *arg, void **result)
+{
+    rendezvous_t *r = arg;
+    (void)result;
+    atomic_fetch_add(&r->running, 1);
+    int64_t deadline = weft__now_ns() + WAIT_NS;
+    while (atomic_load(&r->running) < r->jobs && weft__now_ns() < deadline)
+        sleep_ms(1);
+    bool met = atomic_load(&r->running) >= r->jobs;
+    CHECK(&r->rec, met);
+    if (met)
+        atomic_fetch_add(&r->met, 1);
+    return 0;
+}
+
+static void test_executor_blocked_jobs_get_a_thread_each(void **state)
+{
+    (void)state;
+    enum { JOBS = 64 };
+    weft_loop_t *loop = new_loop();
+    weft_executor_t *ex = new_executor(0, 0);
+    rendezvous_t r = {.jobs = JOBS};
+    check_rec_init(&r.rec);
+    atomic_init(&r.running, 0);
+    atomic_init(&r.met, 0);
+    weft_future_t *fs[JOBS];
+    for (int i = 0; i < JOBS; i++)
+        fs[i] = submit(ex, loop, rendezvous_fn, &r);
+    for (int i = 0; i < JOBS; i++) {
+        wait_done(fs[i]);
+        weft_future_release(fs[i]);
+    }
+    ASSERT_NO_FAILURE(&r.rec);
+    assert_int_equal(atomic_load(&r.met), JOBS);
+    assert_true(weft__executor_thread_count(ex) >= JOBS);
+    weft_executor_free(ex);
+    weft_loop_free(loop);
+}
+
+/* Many sleeping calls run side by side: 200 calls of 50 ms take 5 s on
+ * two threads, and about 50 ms (plus the pool's growth) on 200. */
+static void test_executor_sleeping_calls_run_in_parallel(void **state)
+{
+    (void)state;
+    enum { JOBS = 200 };
+    weft_loop_t *loop = new_loop();
+    weft_executor_t *ex = new_executor(0, 0);
+    probe_t p;
+    probe_init(&p);
+    p.sleep_ms = 50;
+    int64_t t0 = weft__now_ns();
+    static weft_future_t *fs[JOBS];
+    for (int i = 0; i < JOBS; i++)
+        fs[i] = submit(ex, loop, probe_fn, &p);
+    for (int i = 0; i < JOBS; i++) {
+        wait_done(fs[i]);
+        weft_future_release(fs[i]);
+    }
+    int64_t elapsed = weft__now_ns() - t0;
+    assert_int_equal(atomic_load(&p.finished), JOBS);
+    assert_true(elapsed < 4000 * MS);
+    weft_executor_free(ex);
+    ASSERT_NO_FAILURE(&p.rec);
+    gate_destroy(&p.gate);
+    weft_loop_free(loop);
+}
+
+/* WAITERS jobs wait for an event that only the job queued after them
+ * sets: it must get a thread although every earlier one is taken. */
+typedef struct waiters {
+    check_rec_t rec;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    bool set;
+    atomic_int woke;
+} waiters_t;
+
+static int wait_event_fn(void *arg, void **result)
+{
+    waiters_t *w = arg;
+    (void)result;
+    struct timespec deadline;
+    clock_gettime(CLOCK_REALTIME, &deadline);
+    deadline.tv_sec += WAIT_NS / (1000 * MS);
+    pthread_mutex_lock(&w->mu);
+    int rc = 0;
+    while (!w->set && rc != ETIMEDOUT)
+        rc = pthread_cond_timedwait(&w->cv, &w->mu, &deadline);
+    bool set = w->set;
+    pthread_mutex_unlock(&w->mu);
+    CHECK(&w->rec, set);
+    if (set)
+        atomic_fetch_add(&w->woke, 1);
+    return 0;
+}
+
+static int set_event_fn(void *arg, void **result)
+{
+    waiters_t *w = arg;
+    (void)result;
+    pthread_mutex_lock(&w->mu);
+    w->set = true;
+    pthread_cond_broadcast(&w->cv);
+    pthread_mutex_unlock(&w->mu);
+    return 0;
+}
+
+static void test_executor_job_waiting_for_a_later_job_completes(void **state)
+{
+    (void)state;
+    unsigned waiters = 2 * online_cpus() + 2; /* past the threads started at once */
+    weft_loop_t *loop = new_loop();
+    weft_executor_t *ex = new_executor(0, 0);
+    waiters_t w = {.set = false};
+    check_rec_init(&w.rec);
+    pthread_mutex_init(&w.mu, NULL);
+    pthread_cond_init(&w.cv, NULL);
+    atomic_init(&w.woke, 0);
+    weft_future_t **fs = calloc(waiters, sizeof *fs);
+    assert_non_null(fs);
+    for (unsigned i = 0; i < waiters; i++)
+        fs[i] = submit(ex, loop, wait_event_fn, &w);
+    weft_future_t *setter = submit(ex, loop, set_event_fn, &w);
+    wait_done(setter);
+    for (unsigned i = 0; i < waiters; i++) {
+        wait_done(fs[i]);
+        weft_future_release(fs[i]);
+    }
+    weft_future_release(setter);
+    free(fs);
+    ASSERT_NO_FAILURE(&w.rec);
+    assert_int_equal(atomic_load(&w.woke), (int)waiters);
+    weft_executor_free(ex);
+    pthread_cond_destroy(&w.cv);
+    pthread_mutex_destroy(&w.mu);
     weft_loop_free(loop);
 }
 
@@ -1014,6 +1205,10 @@ int main(void)
         cmocka_unit_test(test_executor_starts_threads_on_demand_up_to_the_cap),
         cmocka_unit_test(test_executor_reuses_an_idle_thread_instead_of_starting_one),
         cmocka_unit_test(test_executor_idle_threads_exit_after_the_keepalive),
+        cmocka_unit_test(test_executor_short_calls_do_not_grow_the_pool_past_the_cpus),
+        cmocka_unit_test(test_executor_blocked_jobs_get_a_thread_each),
+        cmocka_unit_test(test_executor_sleeping_calls_run_in_parallel),
+        cmocka_unit_test(test_executor_job_waiting_for_a_later_job_completes),
         cmocka_unit_test(test_executor_cancel_before_start_skips_the_call),
         cmocka_unit_test(test_executor_cancel_while_running_discards_the_result),
         cmocka_unit_test(test_executor_submit_after_shutdown_is_eclosed),
