@@ -105,4 +105,30 @@ static inline int64_t weft__now_ns(void)
     return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
+/* ---- spinning ------------------------------------------------------------- */
+
+/* One iteration of a spin-wait: tells the CPU (and a hypervisor that
+ * watches for pause loops) that this thread only polls. */
+static inline void weft__cpu_relax(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ volatile("yield" ::: "memory");
+#else
+    __asm__ volatile("" ::: "memory");
+#endif
+}
+
+/* Whether spinning can help at all: with one CPU online, a spinning thread
+ * only delays the thread it waits for.  Read once. */
+bool weft__spin_useful(void);
+
+/* The default time to spin before sleeping: 0 when spinning cannot help
+ * (sched/worker.c). */
+int64_t weft__spin_ns(void);
+
+/* The longest weft_config.idle_spin_ns. */
+#define WEFT__SPIN_MAX_NS (INT64_C(1000000000))
+
 #endif /* WEFT_SCHED_COMMON_H */

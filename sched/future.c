@@ -457,7 +457,24 @@ int weft_future_wait(weft_future_t *f, int64_t timeout_ns)
         return 0;
     if (timeout_ns == 0)
         return WEFT_ETIMEDOUT;
-    int64_t deadline = timeout_ns > 0 ? weft__now_ns() + timeout_ns : -1;
+    int64_t now = weft__now_ns();
+    int64_t deadline = timeout_ns > 0 ? now + timeout_ns : -1;
+    /* Poll first, unregistered, for a short while (SPIN_NS in worker.c): a
+     * result that arrives meanwhile costs neither this thread a wakeup from
+     * another CPU nor the completer a futex call. */
+    int64_t spin = f->loop != NULL ? f->loop->spin_ns : weft__spin_ns();
+    if (spin > 0) {
+        int64_t spin_end = now + spin;
+        if (deadline >= 0 && deadline < spin_end)
+            spin_end = deadline;
+        for (unsigned i = 1;; i++) {
+            if (is_final(load_state(f)))
+                return 0;
+            weft__cpu_relax();
+            if (i % 16 == 0 && weft__now_ns() >= spin_end)
+                break;
+        }
+    }
     /* Registered under the lock that completion holds while it stores the
      * state: either complete() sees this count, or we see its state. */
     weft__lock(&f->lock);

@@ -122,6 +122,7 @@ int weft_loop_new(weft_loop_t **out)
     atomic_init(&loop->owner, NULL);
     atomic_init(&loop->refs, 1);
     atomic_init(&loop->park, WEFT__PARK_RUNNING);
+    loop->spin_ns = weft__spin_ns();
     *out = loop;
     return 0;
 }

@@ -73,6 +73,10 @@ struct weft_loop {
     weft_stack_cache_t *stacks;
     struct weft_worker *worker;
     struct weft_task_set *tasks; /* standalone loops: tasks homed here */
+    /* How long a plain thread in weft_future_wait polls a future of this
+     * loop before it sleeps: the runtime's idle_spin_ns for worker loops,
+     * the default for standalone ones.  Written before the loop is shared. */
+    int64_t spin_ns;
     /* Called (loop thread) right after a blocking wait returns, before
      * any event or callback of that iteration runs: a worker leaves the
      * idle set there, so a wake is never aimed at a worker busy in a

@@ -55,7 +55,8 @@ int weft_runtime_new(const weft_config_t *cfg, weft_runtime_t **out)
     if (cfg == NULL)
         cfg = &defaults;
     if (cfg->stack_size > WEFT__STACK_MAX_SIZE || cfg->slow_callback_ns < 0 ||
-        cfg->executor_keepalive_ns < 0 || cfg->workers > WEFT_MAX_WORKERS)
+        cfg->executor_keepalive_ns < 0 || cfg->workers > WEFT_MAX_WORKERS ||
+        cfg->idle_spin_ns > WEFT__SPIN_MAX_NS)
         return -EINVAL;
     unsigned n = cfg->workers;
     if (n == 0) {
@@ -71,12 +72,16 @@ int weft_runtime_new(const weft_config_t *cfg, weft_runtime_t **out)
     rt->stack_size = cfg->stack_size;
     rt->debug = cfg->debug || weft_debug_env();
     rt->slow_ns = cfg->slow_callback_ns;
+    rt->spin_ns = cfg->idle_spin_ns == 0  ? weft__spin_ns()
+                  : cfg->idle_spin_ns < 0 ? 0
+                                          : cfg->idle_spin_ns;
     weft__inject_init(&rt->inject);
     weft__task_set_init(&rt->tasks, n);
     pthread_mutex_init(&rt->idle_lock, NULL);
     pthread_mutex_init(&rt->shutdown_lock, NULL);
     atomic_init(&rt->n_searching, 0);
     atomic_init(&rt->n_idle, 0);
+    atomic_init(&rt->n_spinning, 0);
     atomic_init(&rt->closing, false);
     atomic_init(&rt->entering, 0);
     atomic_init(&rt->stopping, false);
@@ -113,6 +118,7 @@ int weft_runtime_new(const weft_config_t *cfg, weft_runtime_t **out)
         if (rc != 0)
             goto fail;
         w->loop->worker = w;
+        w->loop->spin_ns = rt->spin_ns;
         weft__loop_bias_begin(w->loop);
         weft_loop_set_debug(w->loop, rt->debug);
         weft_loop_set_slow_callback_duration(w->loop, rt->slow_ns);

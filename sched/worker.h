@@ -71,6 +71,7 @@ struct weft_runtime {
     weft_inject_t inject;
     atomic_uint n_searching;
     atomic_uint n_idle;
+    atomic_uint n_spinning; /* workers polling for work before they sleep: 0 or 1 */
     pthread_mutex_t idle_lock;
     unsigned *idle; /* stack of parked worker indexes */
     unsigned idle_n;
@@ -84,6 +85,7 @@ struct weft_runtime {
     size_t stack_size;
     bool debug;
     int64_t slow_ns;
+    int64_t spin_ns; /* cfg.idle_spin_ns resolved: 0 = never spin */
     weft_task_set_t tasks;
     _Atomic(weft_task_factory_fn) factory;
     _Atomic(void *) factory_arg;

@@ -2489,6 +2489,78 @@ static int factory_spawn_driver(void *arg, void **result)
     return 0;
 }
 
+/* ---- idle spinning ---------------------------------------------------------- */
+
+static int spin_plus_one(void *arg, void **result)
+{
+    *result = (void *)((uintptr_t)arg + 1);
+    return 0;
+}
+
+/* n calls posted one at a time from this thread to rt's only worker, each
+ * gap_ns after the previous one's result; returns the worker's eventfd
+ * writes over those calls. */
+static uint64_t post_gapped_calls(weft_runtime_t *rt, int n, int64_t gap_ns)
+{
+    weft_worker_stats_t before, after;
+    assert_int_equal(weft_runtime_worker_stats(rt, 0, &before), 0);
+    for (int i = 0; i < n; i++) {
+        struct timespec gap = {0, (long)gap_ns};
+        nanosleep(&gap, NULL);
+        weft_future_t *f = NULL;
+        assert_int_equal(weft_run_coroutine_threadsafe(weft_runtime_loop(rt, 0), spin_plus_one,
+                                                       (void *)(uintptr_t)i, &f),
+                         0);
+        assert_int_equal(weft_future_wait(f, WAIT_LIMIT), 0);
+        void *v = NULL;
+        assert_int_equal(weft_future_result(f, &v), 0);
+        assert_int_equal((uintptr_t)v, (uintptr_t)i + 1);
+        weft_future_release(f);
+    }
+    assert_int_equal(weft_runtime_worker_stats(rt, 0, &after), 0);
+    return after.eventfd_writes - before.eventfd_writes;
+}
+
+static void test_runtime_idle_spin_catches_posts_without_eventfd_writes(void **state)
+{
+    (void)state;
+    weft_runtime_t *rt = NULL;
+    weft_config_t bad = {.workers = 1, .idle_spin_ns = SEC + 1};
+    assert_int_equal(weft_runtime_new(&bad, &rt), -EINVAL);
+    assert_null(rt);
+
+    /* Spinning off: a worker with nothing to do sleeps in epoll, and each
+     * call 2 ms later has to wake it through the eventfd. */
+    weft_config_t off = {.workers = 1, .idle_spin_ns = -1};
+    assert_int_equal(weft_runtime_new(&off, &rt), 0);
+    uint64_t writes = post_gapped_calls(rt, 100, 2 * MS);
+    assert_true(writes >= 90);
+    assert_int_equal(weft_runtime_shutdown(rt, -1), 0);
+    weft_runtime_free(rt);
+
+    /* A spin longer than the gaps: the worker is still polling when each
+     * call arrives, so none needs an eventfd write (one CPU: no spinning
+     * can help, and the runtime does not pretend it does). */
+    if (sysconf(_SC_NPROCESSORS_ONLN) < 2)
+        return;
+    weft_config_t on = {.workers = 1, .idle_spin_ns = SEC};
+    assert_int_equal(weft_runtime_new(&on, &rt), 0);
+    writes = post_gapped_calls(rt, 100, 2 * MS);
+    assert_true(writes <= 2);
+
+    /* A plain thread's wait polls no longer than its timeout. */
+    weft_future_t *f = NULL;
+    assert_int_equal(weft_future_new(weft_runtime_loop(rt, 0), &f), 0);
+    int64_t t0 = now_ns();
+    assert_int_equal(weft_future_wait(f, 20 * MS), WEFT_ETIMEDOUT);
+    int64_t took = now_ns() - t0;
+    assert_true(took >= 20 * MS);
+    assert_true(took < SEC / 2);
+    weft_future_release(f);
+    assert_int_equal(weft_runtime_shutdown(rt, -1), 0);
+    weft_runtime_free(rt);
+}
+
 static void test_runtime_set_task_factory_from_a_plain_thread(void **state)
 {
     (void)state;
@@ -2555,6 +2627,7 @@ int main(int argc, char **argv)
         TEST(test_runtime_run_returns_main_outcome),
         TEST(test_runtime_worker_stats_counters_move_plausibly),
         TEST(test_runtime_future_wait_times_out_and_refuses_loop_threads),
+        TEST(test_runtime_idle_spin_catches_posts_without_eventfd_writes),
         TEST(test_runtime_set_task_factory_from_a_plain_thread),
         TEST(test_runtime_pinned_task_woken_from_another_worker_resumes_once_per_completion),
         TEST(test_runtime_task_woken_by_callback_on_another_worker_resumes_once_per_wake),

@@ -24,12 +24,21 @@ typedef struct weft_config {
     int64_t executor_keepalive_ns; /* 0 = 10 s */
     bool debug;                    /* or WEFT_DEBUG=1 in the environment */
     int64_t slow_callback_ns;      /* 0 = 100 ms */
+    /* How long a worker that runs out of work polls for more before it
+     * sleeps, and a plain thread in weft_future_wait on one of this
+     * runtime's futures polls before it sleeps: 0 = 50 us (none with one
+     * CPU online), negative = never poll, at most 1 s.  Polling spares the
+     * thread that posts the work a wakeup from another CPU (5-100 us on a
+     * VM) at the price of up to this much CPU each time a worker goes
+     * idle; docs/runtime.md, "Spinning". */
+    int64_t idle_spin_ns;
 } weft_config_t;
 
 /* Start a runtime; its workers are running when this returns.  cfg may be
  * NULL (all defaults).
  * Returns 0, -EINVAL (out NULL, workers above WEFT_MAX_WORKERS, stack_size
- * above 1 GiB, a negative slow_callback_ns or executor_keepalive_ns), -ENOMEM, -errno
+ * above 1 GiB, a negative slow_callback_ns or executor_keepalive_ns, an
+ * idle_spin_ns above 1 s), -ENOMEM, -errno
  * from thread, epoll or eventfd creation.
  * Thread: any.  Suspends: no. */
 WEFT_API int weft_runtime_new(const weft_config_t *cfg, weft_runtime_t **out);
