@@ -20,8 +20,10 @@ int weft__inbox_push(weft_inbox_t *ib, weft_handle_t *h)
             return WEFT_ECLOSED;
         h->next = old;
         /* release: publishes h (its fields and h->next) to the consumer;
-         * pairs with the acquire exchange in weft__inbox_take(). */
-    } while (!atomic_compare_exchange_weak_explicit(&ib->head, &old, h, memory_order_release,
+         * pairs with the acquire exchange in weft__inbox_take().  seq_cst:
+         * weft__loop_notify_posted() may skip its exchange on the strength
+         * of a seq_cst load after this push (loop.h). */
+    } while (!atomic_compare_exchange_weak_explicit(&ib->head, &old, h, memory_order_seq_cst,
                                                     memory_order_relaxed));
     return 0;
 }
@@ -42,7 +44,9 @@ weft_handle_t *weft__inbox_take(weft_inbox_t *ib)
 {
     /* Cheap check first: an empty inbox is the common case on a busy loop,
      * and a load does not take the cache line exclusive. */
-    weft_handle_t *cur = atomic_load_explicit(&ib->head, memory_order_relaxed);
+    /* seq_cst: the loop's side of weft__loop_notify_posted()'s pairing
+     * (loop.h); a plain load on x86. */
+    weft_handle_t *cur = atomic_load_explicit(&ib->head, memory_order_seq_cst);
     if (cur == NULL || cur == CLOSED)
         return NULL;
     /* acquire: pairs with the release CAS in weft__inbox_push(). */

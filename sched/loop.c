@@ -191,6 +191,14 @@ void weft__loop_notify(weft_loop_t *loop)
     }
 }
 
+void weft__loop_notify_posted(weft_loop_t *loop)
+{
+    /* A notification not yet consumed covers this push too (loop.h). */
+    if (atomic_load_explicit(&loop->park, memory_order_seq_cst) == WEFT__PARK_NOTIFIED)
+        return;
+    weft__loop_notify(loop);
+}
+
 static void take_inbox(weft_loop_t *loop);
 
 /* Queue h from the loop thread.  Whatever other threads posted before
@@ -244,7 +252,7 @@ int weft_loop_call_soon_threadsafe(weft_loop_t *loop, weft_callback_fn fn, void 
     }
     if (out != NULL)
         *out = h;
-    weft__loop_notify(loop);
+    weft__loop_notify_posted(loop);
     return 0;
 }
 
@@ -258,7 +266,7 @@ int weft__loop_post_handle(weft_loop_t *loop, weft_handle_t *h)
     }
     if (weft__inbox_push(&loop->inbox, h) != 0)
         return WEFT_ECLOSED;
-    weft__loop_notify(loop);
+    weft__loop_notify_posted(loop);
     return 0;
 }
 
@@ -459,7 +467,8 @@ int weft__loop_run_once(weft_loop_t *loop, bool may_block)
                                                     memory_order_acq_rel, memory_order_acquire)) {
             parked = true;
         } else {
-            atomic_exchange_explicit(&loop->park, WEFT__PARK_RUNNING, memory_order_acq_rel);
+            /* seq_cst: weft__loop_notify_posted()'s pairing (loop.h). */
+            atomic_exchange_explicit(&loop->park, WEFT__PARK_RUNNING, memory_order_seq_cst);
             take_inbox(loop);
             timeout = 0;
         }
@@ -472,7 +481,7 @@ int weft__loop_run_once(weft_loop_t *loop, bool may_block)
     if (parked) {
         WEFT__STAT_ADD(loop, sleeps, 1);
         /* acquire: pairs with a waker's release exchange (loop.h). */
-        int old = atomic_exchange_explicit(&loop->park, WEFT__PARK_RUNNING, memory_order_acq_rel);
+        int old = atomic_exchange_explicit(&loop->park, WEFT__PARK_RUNNING, memory_order_seq_cst);
         /* NOTIFIED after a sleep means exactly one waker saw PARKED and
          * owes (or has made) one eventfd write; close waits for it. */
         if (old == WEFT__PARK_NOTIFIED)
