@@ -120,12 +120,20 @@ static inline void weft__cpu_relax(void)
 #endif
 }
 
-/* Whether spinning can help at all: with one CPU online, a spinning thread
- * only delays the thread it waits for.  Read once. */
-bool weft__spin_useful(void);
+/* One step of a spin-wait that gives up at `end` (a weft__now_ns() time),
+ * counted in *i from 0: pauses, and reads the clock every 16th step.
+ * false once the time is up. */
+static inline bool weft__spin_step(unsigned *i, int64_t end)
+{
+    weft__cpu_relax();
+    return ++*i % 16 != 0 || weft__now_ns() < end;
+}
 
-/* The default time to spin before sleeping: 0 when spinning cannot help
- * (sched/worker.c). */
+/* CPUs online, at least 1; read once (sched/worker.c). */
+unsigned weft__ncpu(void);
+
+/* The default time to spin before sleeping: 0 with one CPU online, where a
+ * spinning thread only delays the thread it waits for (sched/worker.c). */
 int64_t weft__spin_ns(void);
 
 /* The longest weft_config.idle_spin_ns. */

@@ -217,13 +217,12 @@ static int executor_init(weft_executor_t *ex, unsigned max_threads, int64_t keep
         pthread_mutex_destroy(&ex->lock);
         return -rc;
     }
-    long cpus = sysconf(_SC_NPROCESSORS_ONLN);
     ex->head = ex->tail = NULL;
     ex->queued = 0;
     ex->threads = ex->idle = NULL;
     ex->nthreads = 0;
     ex->nwoken = 0;
-    ex->ncpu = cpus > 0 ? (unsigned)cpus : 1;
+    ex->ncpu = weft__ncpu();
     ex->max_threads = max_threads != 0 ? max_threads : DEFAULT_MAX_THREADS;
     ex->keepalive_ns = keepalive_ns != 0 ? keepalive_ns : DEFAULT_KEEPALIVE_NS;
     ex->progress_ns = 0;

@@ -467,13 +467,9 @@ int weft_future_wait(weft_future_t *f, int64_t timeout_ns)
         int64_t spin_end = now + spin;
         if (deadline >= 0 && deadline < spin_end)
             spin_end = deadline;
-        for (unsigned i = 1;; i++) {
+        for (unsigned i = 0; weft__spin_step(&i, spin_end);)
             if (is_final(load_state(f)))
                 return 0;
-            weft__cpu_relax();
-            if (i % 16 == 0 && weft__now_ns() >= spin_end)
-                break;
-        }
     }
     /* Registered under the lock that completion holds while it stores the
      * state: either complete() sees this count, or we see its state. */

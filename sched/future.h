@@ -5,9 +5,7 @@
  * lock and find PENDING is the one completer; it writes result/code/msg,
  * then publishes them with a release store of the final state.  Readers
  * that see a final state with an acquire (or stronger) load may read the
- * fields without a lock.  (COMPLETING is no longer used: a CAS into it and
- * a seq_cst store out of it were two of the four locked instructions a
- * completion cost.)
+ * fields without a lock.
  *
  * Done callbacks live in a list under `lock`.  Completion closes the list
  * (cbs_closed) and posts it to the loop as one batch, through a handle
@@ -44,10 +42,9 @@
 
 enum {
     WEFT__F_PENDING = 0,
-    WEFT__F_COMPLETING = 1,
-    WEFT__F_RESULT = 2,
-    WEFT__F_ERROR = 3,
-    WEFT__F_CANCELLED = 4,
+    WEFT__F_RESULT = 1, /* this and above: final (is_final in future.c) */
+    WEFT__F_ERROR = 2,
+    WEFT__F_CANCELLED = 3,
 };
 
 typedef struct weft_done_node {

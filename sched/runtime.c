@@ -60,8 +60,7 @@ int weft_runtime_new(const weft_config_t *cfg, weft_runtime_t **out)
         return -EINVAL;
     unsigned n = cfg->workers;
     if (n == 0) {
-        long cpus = sysconf(_SC_NPROCESSORS_ONLN);
-        n = cpus > 0 ? (unsigned)cpus : 1;
+        n = weft__ncpu();
         if (n > WEFT_MAX_WORKERS)
             n = WEFT_MAX_WORKERS;
     }
@@ -72,9 +71,6 @@ int weft_runtime_new(const weft_config_t *cfg, weft_runtime_t **out)
     rt->stack_size = cfg->stack_size;
     rt->debug = cfg->debug || weft_debug_env();
     rt->slow_ns = cfg->slow_callback_ns;
-    rt->spin_ns = cfg->idle_spin_ns == 0  ? weft__spin_ns()
-                  : cfg->idle_spin_ns < 0 ? 0
-                                          : cfg->idle_spin_ns;
     weft__inject_init(&rt->inject);
     weft__task_set_init(&rt->tasks, n);
     pthread_mutex_init(&rt->idle_lock, NULL);
@@ -118,7 +114,8 @@ int weft_runtime_new(const weft_config_t *cfg, weft_runtime_t **out)
         if (rc != 0)
             goto fail;
         w->loop->worker = w;
-        w->loop->spin_ns = rt->spin_ns;
+        if (cfg->idle_spin_ns != 0) /* else the default, from weft_loop_new */
+            w->loop->spin_ns = cfg->idle_spin_ns < 0 ? 0 : cfg->idle_spin_ns;
         weft__loop_bias_begin(w->loop);
         weft_loop_set_debug(w->loop, rt->debug);
         weft_loop_set_slow_callback_duration(w->loop, rt->slow_ns);

@@ -42,23 +42,22 @@ static uint64_t next_rand(weft_worker_t *w)
 #define SPIN_NS (INT64_C(50) * 1000)
 _Static_assert(SPIN_NS <= WEFT__SPIN_MAX_NS, "the default spin is a valid idle_spin_ns");
 
-bool weft__spin_useful(void)
+unsigned weft__ncpu(void)
 {
-    /* 0: not read yet, 1: yes, 2: no.  Racing first readers store the
-     * same value. */
-    static atomic_int cached;
-    int v = atomic_load_explicit(&cached, memory_order_relaxed);
-    if (v == 0) {
+    /* 0: not read yet.  Racing first readers store the same value. */
+    static atomic_uint cached;
+    unsigned n = atomic_load_explicit(&cached, memory_order_relaxed);
+    if (n == 0) {
         long cpus = sysconf(_SC_NPROCESSORS_ONLN);
-        v = cpus > 1 ? 1 : 2;
-        atomic_store_explicit(&cached, v, memory_order_relaxed);
+        n = cpus > 0 ? (unsigned)cpus : 1;
+        atomic_store_explicit(&cached, n, memory_order_relaxed);
     }
-    return v == 1;
+    return n;
 }
 
 int64_t weft__spin_ns(void)
 {
-    return weft__spin_useful() ? SPIN_NS : 0;
+    return weft__ncpu() > 1 ? SPIN_NS : 0;
 }
 
 /* ---- idle set ------------------------------------------------------------ */
@@ -272,40 +271,40 @@ static void leave_idle(weft_worker_t *w)
     idle_remove(w->rt, w);
 }
 
-enum { SPIN_NOTHING, SPIN_LOOP_WORK, SPIN_SHARED_WORK };
+static bool shared_work_or_stop(weft_worker_t *w)
+{
+    return shared_work_visible(w) || atomic_load_explicit(&w->rt->stopping, memory_order_acquire);
+}
 
-/* Poll for work for up to SPIN_NS before sleeping, listed as idle so that
- * whoever has work for this worker notifies it (a store to its park word,
- * not an eventfd write, while it polls).  One worker spins at a time: a
- * second would take the last CPU of a small machine from the thread that
- * is about to post the work.  Timers are not polled: one falls due at
- * most SPIN_NS late. */
-static int spin_for_work(weft_worker_t *w)
+/* Whether shared work (or a stop) is there now, or shows up while this
+ * worker, listed as idle, polls for up to its loop's spin_ns: whoever has
+ * work for it then notifies it with a store to its park word, not an
+ * eventfd write.  Work for its loop ends the poll too, with false: the
+ * loop iteration that follows runs it without sleeping.  One worker
+ * polls at a time: a second would take the last CPU of a small machine
+ * from the thread that is about to post the work.  Timers are not polled:
+ * one falls due at most spin_ns late. */
+static bool shared_work_arrives(weft_worker_t *w)
 {
     weft_runtime_t *rt = w->rt;
     weft_loop_t *loop = w->loop;
-    int64_t budget = rt->spin_ns;
-    if (budget == 0 || loop->ready_n > 0)
-        return SPIN_NOTHING;
+    if (shared_work_or_stop(w))
+        return true;
     unsigned expected = 0;
-    if (!atomic_compare_exchange_strong_explicit(&rt->n_spinning, &expected, 1,
+    if (loop->spin_ns == 0 || loop->ready_n > 0 ||
+        !atomic_compare_exchange_strong_explicit(&rt->n_spinning, &expected, 1,
                                                  memory_order_relaxed, memory_order_relaxed))
-        return SPIN_NOTHING;
-    int64_t deadline = weft__now_ns() + budget;
-    int found = SPIN_NOTHING;
-    for (unsigned i = 1;; i++) {
+        return false;
+    int64_t end = weft__now_ns() + loop->spin_ns;
+    bool found = false;
+    for (unsigned i = 0; weft__spin_step(&i, end);) {
         if (atomic_load_explicit(&loop->park, memory_order_relaxed) != WEFT__PARK_RUNNING ||
-            atomic_load_explicit(&loop->inbox.head, memory_order_relaxed) != NULL) {
-            found = SPIN_LOOP_WORK;
+            atomic_load_explicit(&loop->inbox.head, memory_order_relaxed) != NULL)
+            break;
+        if (shared_work_or_stop(w)) {
+            found = true;
             break;
         }
-        if (shared_work_visible(w) || atomic_load_explicit(&rt->stopping, memory_order_relaxed)) {
-            found = SPIN_SHARED_WORK;
-            break;
-        }
-        weft__cpu_relax();
-        if (i % 16 == 0 && weft__now_ns() >= deadline)
-            break;
     }
     atomic_store_explicit(&rt->n_spinning, 0, memory_order_relaxed);
     return found;
@@ -315,8 +314,7 @@ static void park(weft_worker_t *w)
 {
     weft_runtime_t *rt = w->rt;
     idle_add(rt, w);
-    if (shared_work_visible(w) || atomic_load_explicit(&rt->stopping, memory_order_acquire) ||
-        spin_for_work(w) == SPIN_SHARED_WORK) {
+    if (shared_work_arrives(w)) {
         idle_remove(rt, w);
         return;
     }

@@ -85,7 +85,6 @@ struct weft_runtime {
     size_t stack_size;
     bool debug;
     int64_t slow_ns;
-    int64_t spin_ns; /* cfg.idle_spin_ns resolved: 0 = never spin */
     weft_task_set_t tasks;
     _Atomic(weft_task_factory_fn) factory;
     _Atomic(void *) factory_arg;
