@@ -84,6 +84,15 @@ static void wait_done(weft_future_t *f)
     assert_true(weft_future_done(f));
 }
 
+/* wait_done, then release, for each of the n futures of fs. */
+static void wait_done_all(weft_future_t **fs, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        wait_done(fs[i]);
+        weft_future_release(fs[i]);
+    }
+}
+
 /* Poll cond() every millisecond for up to WAIT_NS; true once it held. */
 #define POLL_UNTIL(cond)                                                                           \
     ({                                                                                             \
@@ -503,10 +512,7 @@ static void test_executor_idle_threads_exit_after_the_keepalive(void **state)
     assert_true(POLL_UNTIL(atomic_load(&p.running) == JOBS));
     assert_int_equal(weft__executor_thread_count(ex), JOBS);
     gate_open(&p.gate);
-    for (int i = 0; i < JOBS; i++) {
-        wait_done(fs[i]);
-        weft_future_release(fs[i]);
-    }
+    wait_done_all(fs, JOBS);
     sleep_ms(200);
     assert_true(POLL_UNTIL(weft__executor_thread_count(ex) == 0));
     /* Work after the pool emptied starts a thread again. */
@@ -599,10 +605,7 @@ static void test_executor_blocked_jobs_get_a_thread_each(void **state)
     weft_future_t *fs[JOBS];
     for (int i = 0; i < JOBS; i++)
         fs[i] = submit(ex, loop, rendezvous_fn, &r);
-    for (int i = 0; i < JOBS; i++) {
-        wait_done(fs[i]);
-        weft_future_release(fs[i]);
-    }
+    wait_done_all(fs, JOBS);
     ASSERT_NO_FAILURE(&r.rec);
     assert_int_equal(atomic_load(&r.met), JOBS);
     assert_true(weft__executor_thread_count(ex) >= JOBS);
@@ -625,10 +628,7 @@ static void test_executor_sleeping_calls_run_in_parallel(void **state)
     static weft_future_t *fs[JOBS];
     for (int i = 0; i < JOBS; i++)
         fs[i] = submit(ex, loop, probe_fn, &p);
-    for (int i = 0; i < JOBS; i++) {
-        wait_done(fs[i]);
-        weft_future_release(fs[i]);
-    }
+    wait_done_all(fs, JOBS);
     int64_t elapsed = weft__now_ns() - t0;
     assert_int_equal(atomic_load(&p.finished), JOBS);
     assert_true(elapsed < 4000 * MS);
@@ -695,10 +695,7 @@ static void test_executor_job_waiting_for_a_later_job_completes(void **state)
         fs[i] = submit(ex, loop, wait_event_fn, &w);
     weft_future_t *setter = submit(ex, loop, set_event_fn, &w);
     wait_done(setter);
-    for (unsigned i = 0; i < waiters; i++) {
-        wait_done(fs[i]);
-        weft_future_release(fs[i]);
-    }
+    wait_done_all(fs, waiters);
     weft_future_release(setter);
     free(fs);
     ASSERT_NO_FAILURE(&w.rec);

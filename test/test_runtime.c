@@ -59,6 +59,18 @@
 
 static check_rec_t g_rec;
 
+/* From a task: await each of the n tasks of t that is not NULL (each must
+ * succeed) and release it. */
+static void await_release_all(weft_task_t **t, int n)
+{
+    for (int i = 0; i < n; i++) {
+        if (t[i] == NULL)
+            continue;
+        CHECK(&g_rec, weft_await(weft_task_future(t[i]), NULL) == 0);
+        weft_task_release(t[i]);
+    }
+}
+
 /* An address no weft function hands out: proves out-params stay untouched
  * on error (DESIGN.md, "Public API conventions"). */
 static char sentinel_obj;
@@ -794,12 +806,7 @@ static int starve_driver(void *arg, void **result)
     CHECK(&g_rec, weft_spawn(baton_body, &s->pair.side[0], NULL, &a) == 0);
     CHECK(&g_rec, weft_spawn(baton_body, &s->pair.side[1], NULL, &b) == 0);
     weft_task_t *all[4] = {a, b, c, d};
-    for (int i = 0; i < 4; i++) {
-        if (all[i] == NULL)
-            continue;
-        CHECK(&g_rec, weft_await(weft_task_future(all[i]), NULL) == 0);
-        weft_task_release(all[i]);
-    }
+    await_release_all(all, 4);
     CHECK(&g_rec, s->c2_spawn_rc == 0);
     if (s->c2 != NULL) {
         CHECK(&g_rec, weft_await(weft_task_future(s->c2), NULL) == 0);
@@ -953,12 +960,7 @@ static int blocking_task_body(void *arg, void **result)
         CHECK(&g_rec, weft_spawn(blocked_child_body, b, NULL, &kids[i]) == 0);
     }
     blocked_spin(b);
-    for (int i = 0; i < b->n_children; i++) {
-        if (kids[i] == NULL)
-            continue;
-        CHECK(&g_rec, weft_await(weft_task_future(kids[i]), NULL) == 0);
-        weft_task_release(kids[i]);
-    }
+    await_release_all(kids, b->n_children);
     return 0;
 }
 
@@ -1587,10 +1589,7 @@ static int dy_root(void *arg, void **result)
         CHECK(&g_rec, weft_spawn(dy_yielder, &args[i], NULL, &t[i]) == 0);
     }
     CHECK(&g_rec, weft_loop_call_soon(weft_get_running_loop(), dy_callback, d, NULL) == 0);
-    for (int i = 0; i < DY_TASKS; i++) {
-        CHECK(&g_rec, weft_await(weft_task_future(t[i]), NULL) == 0);
-        weft_task_release(t[i]);
-    }
+    await_release_all(t, DY_TASKS);
     return 0;
 }
 
@@ -2244,10 +2243,7 @@ static int spread_driver(void *arg, void **result)
             cpu_relax();
         }
     }
-    for (int i = 0; i < s->children; i++) {
-        CHECK(&g_rec, weft_await(weft_task_future(t[i]), NULL) == 0);
-        weft_task_release(t[i]);
-    }
+    await_release_all(t, s->children);
     return 0;
 }
 
