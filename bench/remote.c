@@ -30,9 +30,9 @@ static void w6_callback(void *arg)
     weft_future_release(f);
 }
 
-/* Posts C callbacks one after another, without waiting between posts; each
- * call_soon_threadsafe allocates its handle.  The last callback wakes this
- * thread, which stops the clock. */
+/* Posts C callbacks one after another, without waiting between posts (no
+ * handle asked for: each post fills a slot of the loop's inbox).  The last
+ * callback wakes this thread, which stops the clock. */
 static void w6_round(bench_round_t *r)
 {
     weft_loop_t *loop = weft_runtime_loop(bench_rt, 0);

@@ -25,7 +25,7 @@ void weft__alloc_fail_nth(long n)
     atomic_store_explicit(&fail_countdown, n < 0 ? 0 : n, memory_order_relaxed);
 }
 
-static bool should_fail(void)
+bool weft__alloc_should_fail(void)
 {
     long n = atomic_load_explicit(&fail_countdown, memory_order_relaxed);
     if (weft__likely(n == 0))
@@ -41,7 +41,7 @@ static bool should_fail(void)
 
 void *weft__alloc(size_t size)
 {
-    if (should_fail())
+    if (weft__alloc_should_fail())
         return NULL;
 #ifdef WEFT_USE_JEMALLOC
     return mallocx(size ? size : 1, 0);
@@ -54,7 +54,7 @@ void *weft__calloc(size_t n, size_t size)
 {
     if (size != 0 && n > SIZE_MAX / size)
         return NULL;
-    if (should_fail())
+    if (weft__alloc_should_fail())
         return NULL;
 #ifdef WEFT_USE_JEMALLOC
     size_t bytes = n * size;
@@ -66,7 +66,7 @@ void *weft__calloc(size_t n, size_t size)
 
 void *weft__realloc(void *p, size_t size)
 {
-    if (should_fail())
+    if (weft__alloc_should_fail())
         return NULL;
 #ifdef WEFT_USE_JEMALLOC
     if (p == NULL)
@@ -79,7 +79,7 @@ void *weft__realloc(void *p, size_t size)
 
 void *weft__alloc_aligned(size_t align, size_t size)
 {
-    if (should_fail())
+    if (weft__alloc_should_fail())
         return NULL;
     size = (size + align - 1) / align * align; /* aligned_alloc wants a multiple */
 #ifdef WEFT_USE_JEMALLOC

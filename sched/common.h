@@ -64,6 +64,11 @@ char *weft__strdup(const char *s);
  * 0 disables.  Process-wide; meant for single-threaded tests. */
 void weft__alloc_fail_nth(long n);
 
+/* The seam's verdict for an allocation served from a private cache rather
+ * than weft__alloc(): true if it is the one to fail.  Caches call it so
+ * that tests count the same allocations with caching on or off. */
+bool weft__alloc_should_fail(void);
+
 /* ---- logging (sched/log.c) ---------------------------------------------- */
 void weft__log(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 

@@ -7,8 +7,14 @@
 weft_handle_t *weft__handle_new(weft_loop_t *loop, uint8_t kind, weft_callback_fn fn, void *arg)
 {
     weft_handle_t *h = weft__alloc(sizeof *h);
-    if (h == NULL)
-        return NULL;
+    if (h != NULL)
+        weft__handle_init(h, loop, kind, fn, arg);
+    return h;
+}
+
+void weft__handle_init(weft_handle_t *h, weft_loop_t *loop, uint8_t kind, weft_callback_fn fn,
+                       void *arg)
+{
     h->next = NULL;
     h->fn = fn;
     h->arg = arg;
@@ -20,7 +26,6 @@ weft_handle_t *weft__handle_new(weft_loop_t *loop, uint8_t kind, weft_callback_f
     h->kind = kind;
     h->loop_ref = false;
     h->on_drop = NULL;
-    return h;
 }
 
 void weft__handle_hand_out(weft_handle_t *h)

@@ -3,8 +3,9 @@
  * A handle is one scheduled callback: call_soon, call_soon_threadsafe,
  * call_later/call_at, or an fd-readiness callback embedded in an fd
  * registration.  At any moment it sits in at most one of: the loop's inbox
- * (MPSC stack), its ready FIFO, its timer heap — all linked through
- * `next` or referenced from the heap array.
+ * (referenced from a slot), its overflow stack, its ready FIFO, its timer
+ * heap, its pool of free handles — linked through `next` or referenced
+ * from the inbox or the heap array.
  *
  * Concurrency:
  *   | field        | written by                        | read by            |
@@ -62,6 +63,10 @@ struct weft_handle {
 /* Allocate a PENDING handle with refs = 1 (the queue's reference).
  * NULL on allocation failure. */
 weft_handle_t *weft__handle_new(weft_loop_t *loop, uint8_t kind, weft_callback_fn fn, void *arg);
+
+/* Make h (memory the caller owns) a fresh PENDING handle with refs = 1. */
+void weft__handle_init(weft_handle_t *h, weft_loop_t *loop, uint8_t kind, weft_callback_fn fn,
+                       void *arg);
 
 /* Give the caller a reference too (refs += 1) and pin the loop, for the
  * `out` parameter of call_*. */

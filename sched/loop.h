@@ -31,8 +31,9 @@
  *
  * Posting to the inbox (weft__loop_notify_posted) skips the exchange when a
  * seq_cst load finds NOTIFIED: a notification not consumed yet covers the
- * new push too.  The push, that load, the loop's exchange back to RUNNING
- * and its load of the inbox head are all seq_cst, so in their single total
+ * new push too.  The push (the store of the slot's fn, or the overflow
+ * CAS), that load, the loop's exchange back to RUNNING and its loads of
+ * the next inbox slot and the overflow head are all seq_cst, so in their single total
  * order either the load precedes the exchange (the loop then drains after
  * the push) or it follows it and reads RUNNING, PARKED, or a NOTIFIED
  * whose consumption is itself followed by a drain.  A busy loop fed from
@@ -70,6 +71,11 @@ struct weft_loop {
     weft_poller_t poller;
     weft_handle_t *ready_head, *ready_tail;
     size_t ready_n;
+    /* Free handles kept for reuse (loop.c, "handle pool"). */
+    weft_handle_t *hpool;
+    unsigned hpool_n;
+    /* take_inbox() stopped for want of a handle: poll again soon. */
+    bool inbox_stalled;
     weft_timer_heap_t timers;
     uint64_t timer_seq;
     weft_fdtable_t fds;
@@ -108,7 +114,8 @@ struct weft_loop {
     weft_loop_counters_t stats;
 
     /* ---- cross-thread hot words, each on its own line ---- */
-    alignas(WEFT_CACHELINE) weft_inbox_t inbox;
+    weft_inbox_t inbox;      /* aligned to its own lines */
+    weft__hstack_t overflow; /* handles posted when the inbox had no memory */
     alignas(WEFT_CACHELINE) atomic_int park;
     char pad_[WEFT_CACHELINE - sizeof(atomic_int)];
 };
@@ -146,6 +153,12 @@ int weft__loop_check_thread(weft_loop_t *loop, const char *fn);
 
 /* Append a handle to the ready FIFO (loop thread; takes the reference). */
 void weft__loop_ready_push(weft_loop_t *loop, weft_handle_t *h);
+
+/* Anything posted from another thread not taken yet (loop thread). */
+static inline bool weft__loop_inbox_nonempty(weft_loop_t *loop)
+{
+    return weft__inbox_peek(&loop->inbox) != NULL || weft__hstack_nonempty(&loop->overflow);
+}
 
 /* Schedule fn(arg) on loop from any thread: the ready FIFO directly on the
  * loop thread, the inbox otherwise.  0, -ENOMEM, WEFT_ECLOSED. */

@@ -299,7 +299,7 @@ static bool shared_work_arrives(weft_worker_t *w)
     bool found = false;
     for (unsigned i = 0; weft__spin_step(&i, end);) {
         if (atomic_load_explicit(&loop->park, memory_order_relaxed) != WEFT__PARK_RUNNING ||
-            atomic_load_explicit(&loop->inbox.head, memory_order_relaxed) != NULL)
+            weft__loop_inbox_nonempty(loop))
             break;
         if (shared_work_or_stop(w)) {
             found = true;
@@ -341,8 +341,7 @@ static void drain_loop(weft_loop_t *loop)
 {
     for (int i = 0; i < DRAIN_ITERATIONS; i++) {
         (void)weft__loop_run_once(loop, false);
-        if (loop->ready_n == 0 &&
-            atomic_load_explicit(&loop->inbox.head, memory_order_acquire) == NULL)
+        if (loop->ready_n == 0 && !weft__loop_inbox_nonempty(loop))
             break;
     }
 }

@@ -25,6 +25,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "sched/common.h" /* weft__alloc_fail_nth(): the allocation-failure seam */
 #include "test/support/check.h"
 #include "weft.h"
 
@@ -944,6 +945,92 @@ static void test_loop_call_soon_threadsafe_wakes_sleeping_loop(void **state)
     assert_true(s.eventfd_writes >= 1);
     assert_true(s.wakeups >= 1);
     assert_int_equal(s.threadsafe_calls, 1);
+    close_and_free(loop);
+}
+
+/* More threadsafe calls than the loop takes in one step (256): a call_soon
+ * made after them (here by the setup thread) still runs after all of them,
+ * and only the posted ones count as threadsafe calls. */
+static void test_loop_call_soon_after_a_backlog_of_threadsafe_calls_runs_after_it(void **state)
+{
+    (void)state;
+    enum { N = 3000 }; /* about a dozen inbox blocks */
+    weft_loop_t *loop = new_loop();
+    for (int i = 0; i < N; i++)
+        assert_int_equal(weft_loop_call_soon_threadsafe(loop, step_cb, (void *)(intptr_t)i, NULL),
+                         0);
+    assert_int_equal(weft_loop_call_soon(loop, step_cb, (void *)(intptr_t)N, NULL), 0);
+    assert_int_equal(weft_loop_call_soon(loop, stop_cb, loop, NULL), 0);
+    assert_int_equal(weft_loop_run_forever(loop), 0);
+    ASSERT_NO_FAILURE(&g_rec);
+    assert_int_equal(g_order.n, N + 1);
+    for (int i = 0; i <= N; i++)
+        assert_int_equal(g_order.steps[i], i);
+    weft_loop_stats_t s;
+    assert_int_equal(weft_loop_get_stats(loop, &s), 0);
+    assert_int_equal(s.threadsafe_calls, N);
+    /* Spread over several iterations, not run in one. */
+    assert_true(g_order.iter[N] > g_order.iter[0]);
+    close_and_free(loop);
+}
+
+/* The loop cannot make a handle for a posted call: the call stays queued
+ * and runs later, in order; nothing is lost. */
+static void test_loop_threadsafe_calls_survive_a_failed_allocation_in_the_loop(void **state)
+{
+    (void)state;
+    enum { N = 10 };
+    weft_loop_t *loop = new_loop();
+    for (int i = 0; i < N; i++)
+        assert_int_equal(weft_loop_call_soon_threadsafe(loop, step_cb, (void *)(intptr_t)i, NULL),
+                         0);
+    weft__alloc_fail_nth(1); /* the loop's first handle */
+    assert_int_equal(weft_loop_stop(loop), 0);
+    assert_int_equal(weft_loop_run_forever(loop), 0);
+    weft__alloc_fail_nth(0);
+    assert_int_equal(weft_loop_call_soon_threadsafe(loop, stop_cb, loop, NULL), 0);
+    assert_int_equal(weft_loop_run_forever(loop), 0);
+    ASSERT_NO_FAILURE(&g_rec);
+    assert_int_equal(g_order.n, N);
+    for (int i = 0; i < N; i++)
+        assert_int_equal(g_order.steps[i], i);
+    close_and_free(loop);
+}
+
+/* A post that needs a new inbox block when none can be allocated: without
+ * a handle it fails with -ENOMEM and queues nothing; with one (allocated
+ * first) it is still accepted, through the overflow stack, and runs. */
+static void test_loop_call_soon_threadsafe_out_of_memory_for_a_block(void **state)
+{
+    (void)state;
+    enum { FIRST = 254 }; /* slots 0..253 of the first block; 254 is its last */
+    atomic_store(&g_never_count, 0);
+    weft_loop_t *loop = new_loop();
+    for (int i = 0; i < FIRST; i++)
+        assert_int_equal(weft_loop_call_soon_threadsafe(loop, step_cb, (void *)(intptr_t)i, NULL),
+                         0);
+    weft__alloc_fail_nth(1);
+    assert_int_equal(weft_loop_call_soon_threadsafe(loop, never_cb, NULL, NULL), -ENOMEM);
+    weft__alloc_fail_nth(2); /* the handle, then the block */
+    weft_handle_t *h = NULL;
+    assert_int_equal(weft_loop_call_soon_threadsafe(loop, step_cb, (void *)(intptr_t)FIRST, &h), 0);
+    weft__alloc_fail_nth(0);
+    assert_non_null(h);
+    assert_int_equal(
+        weft_loop_call_soon_threadsafe(loop, step_cb, (void *)(intptr_t)(FIRST + 1), NULL), 0);
+    assert_int_equal(weft_loop_call_soon_threadsafe(loop, stop_cb, loop, NULL), 0);
+    assert_int_equal(weft_loop_run_forever(loop), 0);
+    ASSERT_NO_FAILURE(&g_rec);
+    assert_int_equal(atomic_load(&g_never_count), 0);
+    assert_int_equal(g_order.n, FIRST + 2);
+    for (int i = 0; i < FIRST; i++)
+        assert_int_equal(g_order.steps[i], i);
+    /* The overflow is taken after the inbox: FIRST may come after FIRST+1
+     * (documented, out of memory only); each ran once. */
+    int a = g_order.steps[FIRST], b = g_order.steps[FIRST + 1];
+    assert_true((a == FIRST && b == FIRST + 1) || (a == FIRST + 1 && b == FIRST));
+    assert_false(weft_handle_cancelled(h));
+    weft_handle_release(h);
     close_and_free(loop);
 }
 
@@ -1872,6 +1959,9 @@ int main(void)
         TEST(test_loop_many_timers_with_cancellations_run_in_deadline_order),
         TEST(test_loop_call_soon_threadsafe_delivers_each_call_once_in_order),
         TEST(test_loop_call_soon_threadsafe_wakes_sleeping_loop),
+        TEST(test_loop_call_soon_after_a_backlog_of_threadsafe_calls_runs_after_it),
+        TEST(test_loop_threadsafe_calls_survive_a_failed_allocation_in_the_loop),
+        TEST(test_loop_call_soon_threadsafe_out_of_memory_for_a_block),
         TEST(test_loop_run_on_closed_loop_is_eclosed),
         TEST(test_loop_close_while_running_is_ebusy),
         TEST(test_loop_close_twice_returns_zero),

@@ -90,7 +90,13 @@ WEFT_API int weft_loop_call_soon(weft_loop_t *loop, weft_callback_fn fn, void *a
                                  weft_handle_t **out);
 
 /* As call_soon, from any thread.  The loop is woken through its eventfd
- * only if it is asleep, and at most once per sleep.
+ * only if it is asleep, and at most once per sleep.  Calls made by one
+ * thread run in the order made, and before any call_soon the loop thread
+ * makes after it has seen them (causal order).  Without `out` the call
+ * allocates nothing but a block of slots once per 255 calls.  A loop
+ * takes at most 256 posted calls per step, so a backlog left by a thread
+ * posting faster than the loop runs is spread over the next iterations,
+ * between their timers and fd events, rather than run in one.
  * Returns 0, -EINVAL, -ENOMEM, WEFT_ECLOSED.
  * Thread: any.  Suspends: no. */
 WEFT_API int weft_loop_call_soon_threadsafe(weft_loop_t *loop, weft_callback_fn fn, void *arg,
