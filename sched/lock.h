@@ -23,6 +23,7 @@
 
 #include <linux/futex.h>
 #include <stdatomic.h>
+#include <stdbool.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -47,6 +48,14 @@ static inline void weft__lock(weft__lock_t *l)
         syscall(SYS_futex, (unsigned *)&l->v, FUTEX_WAIT_PRIVATE, 2, NULL, NULL, 0);
         c = atomic_exchange_explicit(&l->v, 2, memory_order_acquire);
     }
+}
+
+/* true if the lock was free and is now the caller's. */
+static inline bool weft__trylock(weft__lock_t *l)
+{
+    unsigned c = 0;
+    return atomic_compare_exchange_strong_explicit(&l->v, &c, 1, memory_order_acquire,
+                                                   memory_order_relaxed);
 }
 
 static inline void weft__unlock(weft__lock_t *l)

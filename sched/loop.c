@@ -107,7 +107,7 @@ int weft_loop_new(weft_loop_t **out)
     weft_loop_t *loop = weft__calloc(1, sizeof *loop);
     if (loop == NULL)
         return -ENOMEM;
-    loop->tasks = weft__alloc(sizeof *loop->tasks);
+    loop->tasks = weft__alloc_aligned(alignof(weft_task_set_t), sizeof *loop->tasks);
     if (loop->tasks == NULL) {
         weft__free(loop);
         return -ENOMEM;

@@ -64,9 +64,11 @@ int weft_runtime_new(const weft_config_t *cfg, weft_runtime_t **out)
         if (n > WEFT_MAX_WORKERS)
             n = WEFT_MAX_WORKERS;
     }
-    weft_runtime_t *rt = weft__calloc(1, sizeof *rt);
+    /* Aligned: the task set's shards are (task.h). */
+    weft_runtime_t *rt = weft__alloc_aligned(alignof(weft_runtime_t), sizeof *rt);
     if (rt == NULL)
         return -ENOMEM;
+    memset(rt, 0, sizeof *rt);
     rt->n = n;
     rt->stack_size = cfg->stack_size;
     rt->debug = cfg->debug || weft_debug_env();

@@ -48,17 +48,26 @@ WEFT__TLS_SET(static, weft_task_t, set_current_task, tls_current_task)
 
 /* ---- task sets ----------------------------------------------------------- */
 
-/* Which shard a thread adds to: threads are numbered round-robin on first
- * use, so workers (and most foreign threads) get shards of their own. */
+/* Which shard a thread adds to: worker i's is i (weft__task_set_owner);
+ * other threads are numbered round-robin on first use.  Never inlined:
+ * called from tasks, which may resume on another thread (DESIGN.md, TLS
+ * across coroutine switches). */
 static atomic_uint next_shard_hint;
 static _Thread_local unsigned tls_shard_hint = UINT_MAX;
 
-static unsigned pick_shard(weft_task_set_t *s)
+__attribute__((noinline)) static unsigned pick_shard(weft_task_set_t *s)
 {
     if (tls_shard_hint == UINT_MAX)
         tls_shard_hint =
             atomic_fetch_add_explicit(&next_shard_hint, 1, memory_order_relaxed) & (UINT_MAX >> 1);
-    return tls_shard_hint % s->nshards;
+    unsigned idx = tls_shard_hint % s->nshards;
+    __asm__ volatile("" ::: "memory");
+    return idx;
+}
+
+void weft__task_set_owner(unsigned shard)
+{
+    tls_shard_hint = shard;
 }
 
 void weft__task_set_init(weft_task_set_t *s, unsigned nshards)
@@ -72,6 +81,7 @@ void weft__task_set_init(weft_task_set_t *s, unsigned nshards)
         weft__lock_init(&s->shards[i].lock);
         s->shards[i].head = NULL;
         s->shards[i].count = 0;
+        atomic_init(&s->shards[i].leavers, NULL);
     }
     atomic_init(&s->waiting, false);
     atomic_init(&s->closed, false);
@@ -79,32 +89,88 @@ void weft__task_set_init(weft_task_set_t *s, unsigned nshards)
     pthread_cond_init(&s->empty, NULL);
 }
 
+static bool set_empty(weft_task_set_t *s);
+
 void weft__task_set_destroy(weft_task_set_t *s)
 {
-    for (unsigned i = 0; i < WEFT__TASK_SHARDS_MAX; i++) {
-        WEFT_ASSERT(s->shards[i].count == 0);
-    }
+    WEFT_CHECK(set_empty(s)); /* drains what left last */
     pthread_cond_destroy(&s->empty);
     pthread_mutex_destroy(&s->empty_lock);
+}
+
+/* ---- shard locking and draining (task.h, "Leaving") ---- */
+
+static weft_task_t *leaver_next(weft_task_t *t)
+{
+    /* A finished task is in no run queue: its link carries the leavers. */
+    return t->run.inject_next != NULL ? weft__task_of_runnable(t->run.inject_next) : NULL;
+}
+
+static void unlink_locked(weft_task_shard_t *sh, weft_task_t *t)
+{
+    if (t->set_prev != NULL)
+        t->set_prev->set_next = t->set_next;
+    else
+        sh->head = t->set_next;
+    if (t->set_next != NULL)
+        t->set_next->set_prev = t->set_prev;
+    t->set_prev = t->set_next = NULL;
+    sh->count--;
+}
+
+/* With sh locked: unlink its leavers and return them (shard_lock). */
+static weft_task_t *drain_locked(weft_task_shard_t *sh)
+{
+    /* A plain load first: mostly empty, and a load leaves the line shared. */
+    if (atomic_load_explicit(&sh->leavers, memory_order_relaxed) == NULL)
+        return NULL;
+    /* acquire: pairs with the pushers' CAS; their writes to the task
+     * (the outcome, the freed stack) happen before its release below. */
+    weft_task_t *list = atomic_exchange_explicit(&sh->leavers, NULL, memory_order_acquire);
+    for (weft_task_t *t = list; t != NULL; t = leaver_next(t))
+        unlink_locked(sh, t);
+    return list;
+}
+
+/* Lock sh and unlink its leavers; returns them, for shard_unlock to
+ * release once the lock is dropped (a last release may free the task and
+ * report to an exception handler, which must not run under the lock). */
+static weft_task_t *shard_lock(weft_task_shard_t *sh)
+{
+    weft__lock(&sh->lock);
+    return drain_locked(sh);
+}
+
+/* Drainers never signal a waiter: every leaver's push did, and the
+ * waiter's own reads drain (signal_if_empty). */
+static void shard_unlock(weft_task_shard_t *sh, weft_task_t *drained)
+{
+    weft__unlock(&sh->lock);
+    while (drained != NULL) {
+        weft_task_t *next = leaver_next(drained);
+        weft_future_release(&drained->fut); /* the scheduler's, handed over */
+        drained = next;
+    }
 }
 
 static int set_add(weft_task_set_t *s, weft_task_t *t)
 {
     unsigned idx = pick_shard(s);
     weft_task_shard_t *sh = &s->shards[idx];
-    weft__lock(&sh->lock);
+    weft_task_t *drained = shard_lock(sh);
     if (atomic_load_explicit(&s->closed, memory_order_relaxed)) {
-        weft__unlock(&sh->lock);
+        shard_unlock(sh, drained);
         return WEFT_ECLOSED;
     }
-    t->shard_idx = (uint8_t)idx;
+    t->shard_idx = (uint8_t)idx & 0x7f;
+    t->leave_later = 0;
     t->set_prev = NULL;
     t->set_next = sh->head;
     if (sh->head != NULL)
         sh->head->set_prev = t;
     sh->head = t;
     sh->count++;
-    weft__unlock(&sh->lock);
+    shard_unlock(sh, drained);
     return 0;
 }
 
@@ -121,29 +187,84 @@ static weft_task_set_t *task_set_of(const weft_task_t *t)
     return t->rt != NULL ? &t->rt->tasks : t->home->tasks;
 }
 
-static void set_remove(weft_task_t *t)
+/* seq_cst pairs with the waiter's store of `waiting` and its reads of the
+ * shards: either it sees the change that made a shard empty (or pushed a
+ * leaver, which its read drains), or we see it waiting and signal under
+ * empty_lock, which it holds from its check until it sleeps.  Never from
+ * the waiter's own reads (it holds empty_lock). */
+static void signal_if_empty(weft_task_set_t *s, bool now_empty)
 {
-    weft_task_set_t *s = task_set_of(t);
-    weft_task_shard_t *sh = &s->shards[t->shard_idx];
-    weft__lock(&sh->lock);
-    if (t->set_prev != NULL)
-        t->set_prev->set_next = t->set_next;
-    else
-        sh->head = t->set_next;
-    if (t->set_next != NULL)
-        t->set_next->set_prev = t->set_prev;
-    t->set_prev = t->set_next = NULL;
-    bool now_empty = --sh->count == 0;
-    weft__unlock(&sh->lock);
-    /* seq_cst pairs with the waiter's store of `waiting` and its reads of
-     * the shard counts: either it sees this shard empty, or we see it
-     * waiting and signal under empty_lock, which it holds from its check
-     * until it sleeps. */
     if (now_empty && atomic_load_explicit(&s->waiting, memory_order_seq_cst)) {
         pthread_mutex_lock(&s->empty_lock);
         pthread_cond_broadcast(&s->empty);
         pthread_mutex_unlock(&s->empty_lock);
     }
+}
+
+static void set_remove(weft_task_t *t)
+{
+    weft_task_set_t *s = task_set_of(t);
+    weft_task_shard_t *sh = &s->shards[t->shard_idx];
+    weft_task_t *drained = shard_lock(sh);
+    unlink_locked(sh, t);
+    bool now_empty = sh->count == 0;
+    shard_unlock(sh, drained);
+    signal_if_empty(s, now_empty);
+}
+
+/* Leave t's set now if this thread adds to t's shard (its lock is then
+ * this thread's own, uncontended); otherwise mark t to leave through the
+ * leavers once its stack is freed (leave_or_release). */
+static void set_leave(weft_task_t *t, bool may_defer)
+{
+    if (may_defer && t->rt != NULL && pick_shard(task_set_of(t)) != t->shard_idx) {
+        t->leave_later = 1;
+        return;
+    }
+    set_remove(t);
+}
+
+/* Drop the scheduler's reference to finished t: through the leavers if it
+ * still has to leave its set (the reference goes with it). */
+static void leave_or_release(weft_task_t *t)
+{
+    if (!t->leave_later) {
+        weft_future_release(&t->fut);
+        return;
+    }
+    weft_task_set_t *s = task_set_of(t);
+    weft_task_shard_t *sh = &s->shards[t->shard_idx];
+    weft_task_t *old = atomic_load_explicit(&sh->leavers, memory_order_relaxed);
+    do {
+        t->run.inject_next = old != NULL ? &old->run : NULL;
+        /* release: publishes t's last writes to the drainer; seq_cst: the
+         * waiter's pairing (signal_if_empty). */
+    } while (!atomic_compare_exchange_weak_explicit(&sh->leavers, &old, t, memory_order_seq_cst,
+                                                    memory_order_relaxed));
+    signal_if_empty(s, true);
+}
+
+void weft__task_set_tidy(weft_task_set_t *s)
+{
+    for (unsigned i = 0; i < s->nshards; i++) {
+        weft_task_shard_t *sh = &s->shards[i];
+        /* A held lock means its holder drains. */
+        if (atomic_load_explicit(&sh->leavers, memory_order_relaxed) == NULL ||
+            !weft__trylock(&sh->lock))
+            continue;
+        shard_unlock(sh, drain_locked(sh));
+    }
+}
+
+size_t weft__task_set_count(weft_task_set_t *s)
+{
+    size_t n = 0;
+    for (unsigned i = 0; i < s->nshards; i++) {
+        weft__lock(&s->shards[i].lock);
+        n += s->shards[i].count;
+        weft__unlock(&s->shards[i].lock);
+    }
+    return n;
 }
 
 /* Visit every task of s under its shard's lock; fn must not take a shard
@@ -152,10 +273,10 @@ static void set_for_each(weft_task_set_t *s, void (*fn)(weft_task_t *t, void *ar
 {
     for (unsigned i = 0; i < s->nshards; i++) {
         weft_task_shard_t *sh = &s->shards[i];
-        weft__lock(&sh->lock);
+        weft_task_t *drained = shard_lock(sh);
         for (weft_task_t *t = sh->head; t != NULL; t = t->set_next)
             fn(t, arg);
-        weft__unlock(&sh->lock);
+        shard_unlock(sh, drained);
     }
 }
 
@@ -163,9 +284,9 @@ static bool set_empty(weft_task_set_t *s)
 {
     for (unsigned i = 0; i < s->nshards; i++) {
         weft_task_shard_t *sh = &s->shards[i];
-        weft__lock(&sh->lock);
+        weft_task_t *drained = shard_lock(sh);
         size_t n = sh->count;
-        weft__unlock(&sh->lock);
+        shard_unlock(sh, drained);
         if (n != 0)
             return false;
     }
@@ -177,9 +298,9 @@ static weft_task_t *set_any(weft_task_set_t *s)
 {
     for (unsigned i = 0; i < s->nshards; i++) {
         weft_task_shard_t *sh = &s->shards[i];
-        weft__lock(&sh->lock);
+        weft_task_t *drained = shard_lock(sh);
         weft_task_t *t = sh->head;
-        weft__unlock(&sh->lock);
+        shard_unlock(sh, drained);
         if (t != NULL)
             return t;
     }
@@ -256,10 +377,11 @@ void weft_task_release(weft_task_t *t)
         weft_future_release(&t->fut);
 }
 
-/* Record the outcome and leave every set; the scheduler's reference stays
+/* Record the outcome and leave every set (or, with may_defer, perhaps
+ * only mark t to leave later: set_leave); the scheduler's reference stays
  * (a task ending on its own stack publishes its outcome before it
  * switches out, and its stack is freed after). */
-static void publish_outcome(weft_task_t *t)
+static void publish_outcome(weft_task_t *t, bool may_defer)
 {
     atomic_store_explicit(&t->state, WEFT__T_DONE, memory_order_release);
     /* acq_rel: pairs with the CAS in weft_task_cancel (task.h, CLOSED). */
@@ -288,13 +410,13 @@ static void publish_outcome(weft_task_t *t)
     } else {
         weft_future_set_error(&t->fut, -EINVAL, "task function returned a positive value");
     }
-    set_remove(t);
+    set_leave(t, may_defer);
 }
 
 /* Record the outcome, leave every set, drop the scheduler's reference. */
 static void complete_task(weft_task_t *t)
 {
-    publish_outcome(t);
+    publish_outcome(t, false);
     weft_future_release(&t->fut);
 }
 
@@ -487,7 +609,7 @@ static void task_entry(void *arg)
     t->fut.result = result; /* not published until publish_outcome sets it */
     /* Published from here, so that a waiter it wakes (into this worker's
      * LIFO slot) can be the task switched to next. */
-    publish_outcome(t);
+    publish_outcome(t, true);
     t->finished = true;
     /* Read the resumer now: the task may have migrated since it started. */
     weft_task_t *next = direct_next(t);
@@ -541,7 +663,7 @@ static void switched_out(weft_task_t *t, weft_loop_t *loop)
     if (t->finished) {
         /* Its outcome was published by task_entry. */
         release_stack(t, loop_stacks(loop));
-        weft_future_release(&t->fut);
+        leave_or_release(t);
         return;
     }
     if (t->yielding) {

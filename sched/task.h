@@ -42,6 +42,7 @@
 #define WEFT_SCHED_TASK_H
 
 #include <pthread.h>
+#include <stdalign.h>
 #include <stdatomic.h>
 
 #include "sched/coro.h"
@@ -78,20 +79,35 @@ struct weft_runtime;
 struct weft_worker;
 
 /* Tasks that have not finished, for weft_all_tasks and for shutdown.
- * Sharded: a task joins the shard of the thread that creates it and
- * leaves it from whichever thread finishes it, so workers spawning and
- * finishing tasks in parallel rarely meet on one lock (a single set lock
- * was the hottest spot of a spawn storm).  Each shard keeps its own count;
- * the set has no global counter for the same reason. */
-#define WEFT__TASK_SHARDS_MAX 16u /* fits weft_task.shard_idx (uint8_t) */
+ * Sharded: a task joins the shard of the thread that creates it (worker i
+ * owns shard i; other threads share them round-robin), so workers spawning
+ * in parallel never meet on one lock (a single set lock was the hottest
+ * spot of a spawn storm).  Each shard keeps its own count; the set has no
+ * global counter for the same reason.
+ *
+ * Leaving.  A task that finishes on a thread of its own shard unlinks
+ * itself under the shard lock.  One that finishes elsewhere (a spawner's
+ * tasks run by a thief: most of them, in a spawn storm) does not take
+ * that lock, which the spawner holds for every spawn: once its stack is
+ * freed it pushes itself on the shard's `leavers` stack (one CAS, handing
+ * over the scheduler's reference), and whoever takes the shard lock next
+ * unlinks the leavers first and then drops their references (drain).  The
+ * stack is push-only and taken whole, so it suffers no ABA.  Every
+ * reader of the set (counts, walks) drains first, so a leaver is never
+ * seen, and every worker drains the shards whose lock is free before it
+ * parks, so leavers do not pile up behind a spawner gone quiet (they wait
+ * at most until the workers that finished them run out of work).
+ * Between finishing and being pushed, a task stays in the set done:
+ * walks skip done tasks. */
+#define WEFT__TASK_SHARDS_MAX 16u /* fits weft_task.shard_idx (7 bits) */
 
 typedef struct weft_task_shard {
-    weft__lock_t lock; /* held for a few stores: the futex lock is cheaper */
+    alignas(WEFT_CACHELINE) weft__lock_t lock; /* held for a few stores */
     struct weft_task *head;
     size_t count;
-    /* 128 bytes a shard: with the 16-byte alignment malloc gives, the
-     * used part of two shards never shares a 64-byte cache line. */
-    char pad[128 - sizeof(weft__lock_t) - 2 * sizeof(void *)];
+    /* On its own line: finishers on other threads push here while the
+     * shard's own thread takes the lock for every spawn. */
+    alignas(WEFT_CACHELINE) _Atomic(struct weft_task *) leavers;
 } weft_task_shard_t;
 
 typedef struct weft_task_set {
@@ -120,7 +136,10 @@ struct weft_task {
     bool finished; /* fn returned; set on the task's stack, read by the resumer */
     bool yielding; /* suspended by weft_yield: requeue at the back */
     bool has_stack;
-    uint8_t shard_idx; /* its shard of its set (task_set_of) */
+    uint8_t shard_idx : 7;   /* its shard of its set (task_set_of) */
+    uint8_t leave_later : 1; /* finished on another shard's thread: push on
+                                the leavers once the stack is freed (set by
+                                and read on the finishing thread) */
     weft_fn fn;
     void *arg;
     weft_coro_t coro;
@@ -163,6 +182,17 @@ static inline weft_task_t *weft__task_of_runnable(weft_runnable_t *r)
 /* nshards: 1 for a standalone loop, the worker count for a runtime
  * (capped at WEFT__TASK_SHARDS_MAX). */
 void weft__task_set_init(weft_task_set_t *s, unsigned nshards);
+
+/* The calling thread adds to shard `shard` from now on (worker i: i). */
+void weft__task_set_owner(unsigned shard);
+
+/* Drain the leavers of every shard whose lock is free (above, "Leaving"):
+ * a worker about to park, so that tasks which finished on it do not wait
+ * in the shard of a spawner that has gone quiet. */
+void weft__task_set_tidy(weft_task_set_t *s);
+
+/* Tasks in s, counting leavers not drained yet (tests). */
+size_t weft__task_set_count(weft_task_set_t *s);
 void weft__task_set_destroy(weft_task_set_t *s);
 
 /* Refuse new tasks (weft__task_new returns WEFT_ECLOSED), then request

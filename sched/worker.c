@@ -313,6 +313,9 @@ static bool shared_work_arrives(weft_worker_t *w)
 static void park(weft_worker_t *w)
 {
     weft_runtime_t *rt = w->rt;
+    /* Tasks that finished here (or anywhere) wait in their spawner's shard
+     * for its next spawn, which may not come for a while. */
+    weft__task_set_tidy(&rt->tasks);
     idle_add(rt, w);
     if (shared_work_arrives(w)) {
         idle_remove(rt, w);
@@ -363,6 +366,7 @@ void *weft__worker_main(void *arg)
     pthread_sigmask(SIG_BLOCK, &all, NULL);
 
     set_current_worker(w);
+    weft__task_set_owner(w->index);
     loop->on_unpark = leave_idle;
     atomic_store_explicit(&loop->owner, weft__thread_id(), memory_order_release);
     atomic_store_explicit(&loop->running, true, memory_order_release);

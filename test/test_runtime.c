@@ -33,6 +33,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "sched/worker.h" /* the runtime's task set, for the leavers test */
 #include "test/support/check.h"
 #include "weft.h"
 
@@ -2605,6 +2606,80 @@ static void test_runtime_set_task_factory_from_a_plain_thread(void **state)
     free_rt(rt);
 }
 
+/* ---- tasks leaving their spawner's shard from another worker -------------- */
+
+#define LEAVERS 200
+
+typedef struct leavers {
+    weft_event_t *gate;
+    weft_loop_t *home_a, *home_b;
+    atomic_int started, done;
+} leavers_t;
+
+static int leaver_body(void *arg, void **result)
+{
+    (void)result;
+    leavers_t *l = arg;
+    atomic_fetch_add(&l->started, 1);
+    CHECK(&g_rec, weft_event_wait(l->gate) == 0);
+    atomic_fetch_add(&l->done, 1);
+    return 0;
+}
+
+/* Pinned to worker 0: its children join worker 0's shard of the task set,
+ * and run (and end) on worker 1. */
+static int leavers_spawner(void *arg, void **result)
+{
+    (void)result;
+    leavers_t *l = arg;
+    weft_spawn_opts_t o = {.pinned = l->home_b};
+    for (int i = 0; i < LEAVERS; i++)
+        CHECK(&g_rec, weft_spawn(leaver_body, l, &o, NULL) == 0);
+    return 0;
+}
+
+static int leavers_driver(void *arg, void **result)
+{
+    (void)result;
+    leavers_t *l = arg;
+    weft_spawn_opts_t o = {.pinned = l->home_a};
+    weft_task_t *t = NULL;
+    CHECK(&g_rec, weft_spawn(leavers_spawner, l, &o, &t) == 0);
+    await_release_all(&t, 1);
+    return 0;
+}
+
+/* Tasks that end on another worker than their spawner's leave its shard
+ * through the shard's leavers, without its lock (task.h, "Leaving").  The
+ * spawner's worker never spawns again here, so nothing would drain them
+ * but the workers' tidying before they park: the set must still become
+ * empty, with every task's record released. */
+static void
+test_runtime_tasks_ending_on_another_worker_leave_the_set_without_a_new_spawn(void **state)
+{
+    (void)state;
+    weft_runtime_t *rt = new_rt(2);
+    leavers_t l = {.home_a = weft_runtime_loop(rt, 0), .home_b = weft_runtime_loop(rt, 1)};
+    atomic_init(&l.started, 0);
+    atomic_init(&l.done, 0);
+    assert_int_equal(weft_event_new(&l.gate), 0);
+    assert_int_equal(run_in(rt, leavers_driver, &l, NULL), 0);
+    assert_true(wait_atomic_ge(&l.started, LEAVERS));
+    assert_true(weft__task_set_count(&rt->tasks) >= LEAVERS);
+    assert_int_equal(weft_event_set(l.gate), 0);
+    assert_true(wait_atomic_ge(&l.done, LEAVERS));
+    int64_t deadline = now_ns() + SPIN_LIMIT;
+    size_t left;
+    while ((left = weft__task_set_count(&rt->tasks)) != 0 && now_ns() < deadline)
+        sleep_ms(1);
+    if (left != 0)
+        fail_msg("%zu finished task(s) still in the set", left);
+    ASSERT_NO_FAILURE(&g_rec);
+    assert_no_task_left(rt);
+    free_rt(rt);
+    weft_event_free(l.gate);
+}
+
 /* An optional argument selects tests by name pattern (cmocka's filter). */
 int main(int argc, char **argv)
 {
@@ -2636,6 +2711,7 @@ int main(int argc, char **argv)
         TEST(test_runtime_direct_yields_keep_fifo_order_and_loop_turns),
         TEST(test_runtime_shutdown_cancels_thousands_of_pending_tasks_each_done_callback_once),
         TEST(test_runtime_shutdown_abandons_tasks_that_ignore_cancellation),
+        TEST(test_runtime_tasks_ending_on_another_worker_leave_the_set_without_a_new_spawn),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
