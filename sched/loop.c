@@ -311,17 +311,18 @@ int weft_loop_call_soon(weft_loop_t *loop, weft_callback_fn fn, void *arg, weft_
 /* The fn of an inbox entry whose arg is a handle: never called, identities
  * only (take_inbox).  A handle the loop thread queued behind a backlog
  * (local_push) is told apart so that it does not count as a threadsafe
- * call. */
+ * call.  Their bodies differ, so that no identical-code folding can give
+ * the two one address. */
 static void posted_handle(void *h)
 {
     (void)h;
-    WEFT_CHECK(!"an inbox handle marker was called");
+    WEFT_CHECK(!"the inbox marker posted_handle was called");
 }
 
 static void queued_local_handle(void *h)
 {
     (void)h;
-    WEFT_CHECK(!"an inbox handle marker was called");
+    WEFT_CHECK(!"the inbox marker queued_local_handle was called");
 }
 
 /* h into the inbox as marker(h); out of memory, into the overflow stack.
@@ -342,18 +343,22 @@ static int post_handle_remote(weft_loop_t *loop, weft_handle_t *h)
     return rc;
 }
 
+/* fn(arg) into the inbox as a plain entry.  0, -ENOMEM, WEFT_ECLOSED. */
+static int post_remote(weft_loop_t *loop, weft_callback_fn fn, void *arg)
+{
+    int rc = weft__inbox_push(&loop->inbox, fn, arg);
+    if (rc == 0)
+        weft__loop_notify_posted(loop);
+    return rc;
+}
+
 int weft_loop_call_soon_threadsafe(weft_loop_t *loop, weft_callback_fn fn, void *arg,
                                    weft_handle_t **out)
 {
     if (loop == NULL || fn == NULL)
         return -EINVAL;
-    if (out == NULL) {
-        /* No handle to give out: the entry is just (fn, arg) in a slot. */
-        int rc = weft__inbox_push(&loop->inbox, fn, arg);
-        if (rc == 0)
-            weft__loop_notify_posted(loop);
-        return rc;
-    }
+    if (out == NULL) /* no handle to give out: the entry is (fn, arg) in a slot */
+        return post_remote(loop, fn, arg);
     weft_handle_t *h = weft__handle_new(loop, WEFT__HK_SOON, fn, arg);
     if (h == NULL)
         return -ENOMEM;
@@ -380,12 +385,8 @@ int weft__loop_post_handle(weft_loop_t *loop, weft_handle_t *h)
 
 int weft__loop_post(weft_loop_t *loop, weft_callback_fn fn, void *arg)
 {
-    if (weft_get_running_loop() != loop) {
-        int rc = weft__inbox_push(&loop->inbox, fn, arg);
-        if (rc == 0)
-            weft__loop_notify_posted(loop);
-        return rc;
-    }
+    if (weft_get_running_loop() != loop)
+        return post_remote(loop, fn, arg);
     if (is_closed(loop))
         return WEFT_ECLOSED;
     weft_handle_t *h = handle_get(loop, WEFT__HK_SOON, fn, arg);
