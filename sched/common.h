@@ -69,6 +69,30 @@ void weft__alloc_fail_nth(long n);
  * that tests count the same allocations with caching on or off. */
 bool weft__alloc_should_fail(void);
 
+/* ---- intrusive doubly linked lists ---------------------------------------
+ * A NULL-terminated list reached from the lvalue `head`, whose nodes link
+ * through the fields named `prev` and `next` (so one node can sit on
+ * several lists).  The caller holds whatever guards the list; `node` is
+ * evaluated more than once. */
+#define WEFT__DLIST_PUSH(head, node, prev, next)                                                   \
+    do {                                                                                           \
+        (node)->prev = NULL;                                                                       \
+        (node)->next = (head);                                                                     \
+        if ((head) != NULL)                                                                        \
+            (head)->prev = (node);                                                                 \
+        (head) = (node);                                                                           \
+    } while (0)
+
+#define WEFT__DLIST_UNLINK(head, node, prev, next)                                                 \
+    do {                                                                                           \
+        if ((node)->prev != NULL)                                                                  \
+            (node)->prev->next = (node)->next;                                                     \
+        else                                                                                       \
+            (head) = (node)->next;                                                                 \
+        if ((node)->next != NULL)                                                                  \
+            (node)->next->prev = (node)->prev;                                                     \
+    } while (0)
+
 /* ---- logging (sched/log.c) ---------------------------------------------- */
 void weft__log(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 

@@ -337,21 +337,12 @@ static struct timespec deadline_after(int64_t ns)
 static void idle_push(weft_executor_t *ex, pool_thread_t *t)
 {
     t->woken = false;
-    t->idle_prev = NULL;
-    t->idle_next = ex->idle;
-    if (ex->idle != NULL)
-        ex->idle->idle_prev = t;
-    ex->idle = t;
+    WEFT__DLIST_PUSH(ex->idle, t, idle_prev, idle_next);
 }
 
 static void idle_remove(weft_executor_t *ex, pool_thread_t *t)
 {
-    if (t->idle_prev != NULL)
-        t->idle_prev->idle_next = t->idle_next;
-    else
-        ex->idle = t->idle_next;
-    if (t->idle_next != NULL)
-        t->idle_next->idle_prev = t->idle_prev;
+    WEFT__DLIST_UNLINK(ex->idle, t, idle_prev, idle_next);
 }
 
 /* Take the most recently idle thread off the stack and wake it. */
@@ -440,10 +431,7 @@ static void *pool_main(void *arg)
     WEFT_CHECK(cond_init_monotonic(&self.cond) == 0);
 
     pthread_mutex_lock(&ex->lock);
-    self.next = ex->threads;
-    if (ex->threads != NULL)
-        ex->threads->prev = &self;
-    ex->threads = &self;
+    WEFT__DLIST_PUSH(ex->threads, &self, prev, next);
     job_t *j;
     while ((j = next_job(ex, &self)) != NULL) {
         self.jobs++;
@@ -455,12 +443,7 @@ static void *pool_main(void *arg)
         atomic_store_explicit(&self.busy, false, memory_order_relaxed);
         pthread_mutex_lock(&ex->lock);
     }
-    if (self.prev != NULL)
-        self.prev->next = self.next;
-    else
-        ex->threads = self.next;
-    if (self.next != NULL)
-        self.next->prev = self.prev;
+    WEFT__DLIST_UNLINK(ex->threads, &self, prev, next);
     /* Off both lists: nobody signals self.cond any more. */
     pthread_cond_destroy(&self.cond);
     ex->nthreads--;

@@ -66,11 +66,7 @@ int weft__future_add_waiter(weft_future_t *f, weft_waiter_t *w)
     int linked = 0;
     weft__lock(&f->lock);
     if (!f->cbs_closed) {
-        w->prev = NULL;
-        w->next = f->waiters_list;
-        if (w->next != NULL)
-            w->next->prev = w;
-        f->waiters_list = w;
+        WEFT__DLIST_PUSH(f->waiters_list, w, prev, next);
         w->linked = true;
         linked = 1;
     }
@@ -82,12 +78,7 @@ void weft__future_remove_waiter(weft_future_t *f, weft_waiter_t *w)
 {
     weft__lock(&f->lock);
     if (w->linked) {
-        if (w->prev != NULL)
-            w->prev->next = w->next;
-        else
-            f->waiters_list = w->next;
-        if (w->next != NULL)
-            w->next->prev = w->prev;
+        WEFT__DLIST_UNLINK(f->waiters_list, w, prev, next);
         w->linked = false;
     }
     weft__unlock(&f->lock);

@@ -5,10 +5,20 @@
 
 #include <sched.h>
 
+/* calloc: every slot NULL, next NULL. */
 static weft__ib_block_t *block_new(void)
 {
-    weft__ib_block_t *b = weft__calloc(1, sizeof *b);
-    return b; /* calloc: every slot NULL, next NULL */
+    return weft__calloc(1, sizeof(weft__ib_block_t));
+}
+
+/* One step of waiting for another thread a few stores from done (a block
+ * switch, a claimed slot being written), which may have been preempted
+ * there: pause, and now and then give the CPU up. */
+static void wait_step(unsigned *spins)
+{
+    if (++*spins % 64 == 0)
+        sched_yield();
+    weft__cpu_relax();
 }
 
 int weft__inbox_init(weft_inbox_t *ib)
@@ -63,9 +73,7 @@ int weft__inbox_push(weft_inbox_t *ib, weft_callback_fn fn, void *arg)
         }
         uint64_t off = t % WEFT__IB_LAP;
         if (off == WEFT__IB_CAP) { /* a block switch is under way */
-            if (++spins % 64 == 0)
-                sched_yield();
-            weft__cpu_relax();
+            wait_step(&spins);
             t = atomic_load_explicit(&ib->tail, memory_order_acquire);
             continue;
         }
@@ -134,9 +142,7 @@ void weft__inbox_close(weft_inbox_t *ib, void (*drop)(weft_callback_fn fn, void 
         if (s == NULL) {
             /* Claimed before the close, not written yet: its producer is
              * between two instructions, or preempted there. */
-            if (++spins % 64 == 0)
-                sched_yield();
-            weft__cpu_relax();
+            wait_step(&spins);
             continue;
         }
         weft_callback_fn fn = atomic_load_explicit(&s->fn, memory_order_relaxed);

@@ -563,34 +563,28 @@ static void run_handle(weft_loop_t *loop, weft_handle_t *h)
         arg = reg->arg[dir];
         if (!weft__fd_run(loop, h)) /* h may be freed from here on */
             return;
-    } else if (atomic_load_explicit(&h->refs, memory_order_acquire) == 1) {
-        /* The loop holds the only reference (the common case: no `out`
-         * handle was asked for, or its owner released it).  Whoever cancels
-         * holds a reference, and references are only handed out before a
-         * handle is queued, so nobody can race the loop for h: no CAS, no
-         * atomic decrement.  acquire: a canceller that has since released
-         * its reference made its CANCELLED store visible before that. */
-        if (atomic_load_explicit(&h->state, memory_order_relaxed) == WEFT__H_CANCELLED) {
-            if (kind == WEFT__HK_TIMER)
-                WEFT__STAT_ADD(loop, timers_cancelled, 1);
-            handle_put(loop, h);
-            return;
-        }
-        fn(arg);
-        if (kind == WEFT__HK_TIMER)
-            WEFT__STAT_ADD(loop, timers_fired, 1);
-        handle_put(loop, h);
     } else {
-        if (!weft__handle_claim(h)) {
-            if (kind == WEFT__HK_TIMER)
-                WEFT__STAT_ADD(loop, timers_cancelled, 1);
-            weft__handle_unref(h);
-            return;
-        }
-        fn(arg);
-        if (kind == WEFT__HK_TIMER)
+        /* sole: the loop holds the only reference (the common case: no
+         * `out` handle was asked for, or its owner released it).  Whoever
+         * cancels holds a reference, and references are only handed out
+         * before a handle is queued, so nobody can race the loop for h: no
+         * CAS, no atomic decrement.  acquire: a canceller that has since
+         * released its reference made its CANCELLED store visible first. */
+        bool sole = atomic_load_explicit(&h->refs, memory_order_acquire) == 1;
+        bool live = sole
+                        ? atomic_load_explicit(&h->state, memory_order_relaxed) != WEFT__H_CANCELLED
+                        : weft__handle_claim(h);
+        if (live)
+            fn(arg);
+        if (kind == WEFT__HK_TIMER && live)
             WEFT__STAT_ADD(loop, timers_fired, 1);
-        weft__handle_unref(h);
+        else if (kind == WEFT__HK_TIMER)
+            WEFT__STAT_ADD(loop, timers_cancelled, 1);
+        /* The loop's reference; the last one sends h to the pool. */
+        if (sole || atomic_fetch_sub_explicit(&h->refs, 1, memory_order_acq_rel) == 1)
+            handle_put(loop, h);
+        if (!live)
+            return;
     }
     WEFT__STAT_ADD(loop, callbacks_run, 1);
     if (debug) {

@@ -110,12 +110,7 @@ static weft_task_t *leaver_next(weft_task_t *t)
 
 static void unlink_locked(weft_task_shard_t *sh, weft_task_t *t)
 {
-    if (t->set_prev != NULL)
-        t->set_prev->set_next = t->set_next;
-    else
-        sh->head = t->set_next;
-    if (t->set_next != NULL)
-        t->set_next->set_prev = t->set_prev;
+    WEFT__DLIST_UNLINK(sh->head, t, set_prev, set_next);
     t->set_prev = t->set_next = NULL;
     sh->count--;
 }
@@ -166,11 +161,7 @@ static int set_add(weft_task_set_t *s, weft_task_t *t)
     }
     t->shard_idx = (uint8_t)idx & 0x7f;
     t->leave_later = 0;
-    t->set_prev = NULL;
-    t->set_next = sh->head;
-    if (sh->head != NULL)
-        sh->head->set_prev = t;
-    sh->head = t;
+    WEFT__DLIST_PUSH(sh->head, t, set_prev, set_next);
     sh->count++;
     shard_unlock(sh, drained);
     return 0;

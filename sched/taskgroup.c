@@ -181,12 +181,7 @@ static void on_child_done_locked(weft_taskgroup_t *g, weft_task_t *task, uint64_
 
 static void unlink_child_locked(weft_taskgroup_t *g, child_t *c)
 {
-    if (c->prev != NULL)
-        c->prev->next = c->next;
-    else
-        g->children = c->next;
-    if (c->next != NULL)
-        c->next->prev = c->prev;
+    WEFT__DLIST_UNLINK(g->children, c, prev, next);
 }
 
 static void child_done_cb(weft_future_t *f, void *arg)
@@ -243,11 +238,7 @@ int weft_taskgroup_spawn(weft_taskgroup_t *g, weft_fn fn, void *arg, const weft_
     } else {
         c->task = t;
         weft_future_retain(weft_task_future(t));
-        c->prev = NULL;
-        c->next = g->children;
-        if (g->children != NULL)
-            g->children->prev = c;
-        g->children = c;
+        WEFT__DLIST_PUSH(g->children, c, prev, next);
         /* A child spawned while the group aborts is cancelled with it. */
         if (g->aborting)
             weft_task_cancel(t, NULL);

@@ -78,6 +78,14 @@ static weft_future_t *submit(weft_executor_t *ex, weft_loop_t *loop, weft_fn fn,
     return f;
 }
 
+/* fs[0..n-1] = n submissions of fn(arg). */
+static void submit_all(weft_executor_t *ex, weft_loop_t *loop, weft_fn fn, void *arg,
+                       weft_future_t **fs, int n)
+{
+    for (int i = 0; i < n; i++)
+        fs[i] = submit(ex, loop, fn, arg);
+}
+
 static void wait_done(weft_future_t *f)
 {
     assert_int_equal(weft_future_wait(f, WAIT_NS), 0);
@@ -449,8 +457,7 @@ static void test_executor_starts_threads_on_demand_up_to_the_cap(void **state)
     probe_init(&p);
     p.use_gate = true;
     weft_future_t *fs[JOBS];
-    for (int i = 0; i < JOBS; i++)
-        fs[i] = submit(ex, loop, probe_fn, &p);
+    submit_all(ex, loop, probe_fn, &p, fs, JOBS);
     assert_true(POLL_UNTIL(atomic_load(&p.running) == 2));
     sleep_ms(50); /* room for a third thread, if the cap leaked */
     assert_int_equal(atomic_load(&p.running), 2);
@@ -507,8 +514,7 @@ static void test_executor_idle_threads_exit_after_the_keepalive(void **state)
     probe_init(&p);
     p.use_gate = true;
     weft_future_t *fs[JOBS];
-    for (int i = 0; i < JOBS; i++)
-        fs[i] = submit(ex, loop, probe_fn, &p);
+    submit_all(ex, loop, probe_fn, &p, fs, JOBS);
     assert_true(POLL_UNTIL(atomic_load(&p.running) == JOBS));
     assert_int_equal(weft__executor_thread_count(ex), JOBS);
     gate_open(&p.gate);
@@ -555,8 +561,7 @@ static void test_executor_short_calls_do_not_grow_the_pool_past_the_cpus(void **
     weft_loop_t *loop = new_loop();
     weft_executor_t *ex = new_executor(0, 0);
     static weft_future_t *fs[JOBS];
-    for (int i = 0; i < JOBS; i++)
-        fs[i] = submit(ex, loop, nop_fn, NULL);
+    submit_all(ex, loop, nop_fn, NULL, fs, JOBS);
     for (int i = 0; i < JOBS; i++) {
         wait_done(fs[i]);
         assert_int_equal(weft_future_result(fs[i], NULL), 0);
@@ -603,8 +608,7 @@ static void test_executor_blocked_jobs_get_a_thread_each(void **state)
     atomic_init(&r.running, 0);
     atomic_init(&r.met, 0);
     weft_future_t *fs[JOBS];
-    for (int i = 0; i < JOBS; i++)
-        fs[i] = submit(ex, loop, rendezvous_fn, &r);
+    submit_all(ex, loop, rendezvous_fn, &r, fs, JOBS);
     wait_done_all(fs, JOBS);
     ASSERT_NO_FAILURE(&r.rec);
     assert_int_equal(atomic_load(&r.met), JOBS);
@@ -626,8 +630,7 @@ static void test_executor_sleeping_calls_run_in_parallel(void **state)
     p.sleep_ms = 50;
     int64_t t0 = weft__now_ns();
     static weft_future_t *fs[JOBS];
-    for (int i = 0; i < JOBS; i++)
-        fs[i] = submit(ex, loop, probe_fn, &p);
+    submit_all(ex, loop, probe_fn, &p, fs, JOBS);
     wait_done_all(fs, JOBS);
     int64_t elapsed = weft__now_ns() - t0;
     assert_int_equal(atomic_load(&p.finished), JOBS);
@@ -789,8 +792,7 @@ static void test_executor_shutdown_wait_runs_queued_work_and_joins(void **state)
     probe_init(&p);
     p.sleep_ms = 2;
     weft_future_t *fs[JOBS];
-    for (int i = 0; i < JOBS; i++)
-        fs[i] = submit(ex, loop, probe_fn, &p);
+    submit_all(ex, loop, probe_fn, &p, fs, JOBS);
     assert_int_equal(weft_executor_shutdown(ex, true), 0);
     assert_int_equal(atomic_load(&p.finished), JOBS);
     assert_int_equal(weft__executor_thread_count(ex), 0);
@@ -912,8 +914,7 @@ static void test_executor_concurrent_shutdown_waits_all_return_after_the_join(vo
     probe_init(&p);
     p.sleep_ms = 5;
     weft_future_t *fs[JOBS];
-    for (int i = 0; i < JOBS; i++)
-        fs[i] = submit(ex, loop, probe_fn, &p);
+    submit_all(ex, loop, probe_fn, &p, fs, JOBS);
     check_rec_t rec;
     check_rec_init(&rec);
     waiter_t w = {&rec, ex};
@@ -941,8 +942,7 @@ static void test_executor_free_with_queued_jobs_completes_them(void **state)
     probe_init(&p);
     p.sleep_ms = 1;
     weft_future_t *fs[JOBS];
-    for (int i = 0; i < JOBS; i++)
-        fs[i] = submit(ex, loop, probe_fn, &p);
+    submit_all(ex, loop, probe_fn, &p, fs, JOBS);
     weft_executor_free(ex);
     assert_int_equal(atomic_load(&p.finished), JOBS);
     for (int i = 0; i < JOBS; i++) {

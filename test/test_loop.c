@@ -173,6 +173,21 @@ static void step_cb(void *arg)
     order_add((int)(intptr_t)arg);
 }
 
+/* Post steps from..to-1 with call_soon_threadsafe, each accepted. */
+static void post_steps_threadsafe(weft_loop_t *loop, int from, int to)
+{
+    for (int i = from; i < to; i++)
+        assert_int_equal(weft_loop_call_soon_threadsafe(loop, step_cb, (void *)(intptr_t)i, NULL),
+                         0);
+}
+
+/* The first n steps recorded were 0, 1, ..., n-1. */
+static void assert_steps_in_order(int n)
+{
+    for (int i = 0; i < n; i++)
+        assert_int_equal(g_order.steps[i], i);
+}
+
 static atomic_int g_never_count;
 
 /* A callback that must never run. */
@@ -304,8 +319,7 @@ static void test_loop_call_soon_runs_in_fifo_order(void **state)
     assert_int_equal(weft_loop_run_forever(loop), 0);
     ASSERT_NO_FAILURE(&g_rec);
     assert_int_equal(g_order.n, N);
-    for (int i = 0; i < N; i++)
-        assert_int_equal(g_order.steps[i], i);
+    assert_steps_in_order(N);
     /* All were ready when the first iteration began: one iteration. */
     assert_true(g_order.iter[0] == g_order.iter[N - 1]);
     close_and_free(loop);
@@ -468,8 +482,7 @@ static void test_loop_timers_with_equal_deadlines_run_in_scheduling_order(void *
     assert_int_equal(weft_loop_run_forever(loop), 0);
     ASSERT_NO_FAILURE(&g_rec);
     assert_int_equal(g_order.n, N);
-    for (int i = 0; i < N; i++)
-        assert_int_equal(g_order.steps[i], i);
+    assert_steps_in_order(N);
     close_and_free(loop);
 }
 
@@ -500,8 +513,7 @@ static void test_loop_timers_scheduled_out_of_order_run_sorted_by_deadline(void 
     assert_int_equal(weft_loop_run_forever(loop), 0);
     ASSERT_NO_FAILURE(&g_rec);
     assert_int_equal(g_order.n, N);
-    for (int i = 0; i < N; i++)
-        assert_int_equal(g_order.steps[i], i);
+    assert_steps_in_order(N);
     close_and_free(loop);
 }
 
@@ -956,16 +968,13 @@ static void test_loop_call_soon_after_a_backlog_of_threadsafe_calls_runs_after_i
     (void)state;
     enum { N = 3000 }; /* about a dozen inbox blocks */
     weft_loop_t *loop = new_loop();
-    for (int i = 0; i < N; i++)
-        assert_int_equal(weft_loop_call_soon_threadsafe(loop, step_cb, (void *)(intptr_t)i, NULL),
-                         0);
+    post_steps_threadsafe(loop, 0, N);
     assert_int_equal(weft_loop_call_soon(loop, step_cb, (void *)(intptr_t)N, NULL), 0);
     assert_int_equal(weft_loop_call_soon(loop, stop_cb, loop, NULL), 0);
     assert_int_equal(weft_loop_run_forever(loop), 0);
     ASSERT_NO_FAILURE(&g_rec);
     assert_int_equal(g_order.n, N + 1);
-    for (int i = 0; i <= N; i++)
-        assert_int_equal(g_order.steps[i], i);
+    assert_steps_in_order(N + 1);
     weft_loop_stats_t s;
     assert_int_equal(weft_loop_get_stats(loop, &s), 0);
     assert_int_equal(s.threadsafe_calls, N);
@@ -981,9 +990,7 @@ static void test_loop_threadsafe_calls_survive_a_failed_allocation_in_the_loop(v
     (void)state;
     enum { N = 10 };
     weft_loop_t *loop = new_loop();
-    for (int i = 0; i < N; i++)
-        assert_int_equal(weft_loop_call_soon_threadsafe(loop, step_cb, (void *)(intptr_t)i, NULL),
-                         0);
+    post_steps_threadsafe(loop, 0, N);
     weft__alloc_fail_nth(1); /* the loop's first handle */
     assert_int_equal(weft_loop_stop(loop), 0);
     assert_int_equal(weft_loop_run_forever(loop), 0);
@@ -992,8 +999,7 @@ static void test_loop_threadsafe_calls_survive_a_failed_allocation_in_the_loop(v
     assert_int_equal(weft_loop_run_forever(loop), 0);
     ASSERT_NO_FAILURE(&g_rec);
     assert_int_equal(g_order.n, N);
-    for (int i = 0; i < N; i++)
-        assert_int_equal(g_order.steps[i], i);
+    assert_steps_in_order(N);
     close_and_free(loop);
 }
 
@@ -1006,9 +1012,7 @@ static void test_loop_call_soon_threadsafe_out_of_memory_for_a_block(void **stat
     enum { FIRST = 254 }; /* slots 0..253 of the first block; 254 is its last */
     atomic_store(&g_never_count, 0);
     weft_loop_t *loop = new_loop();
-    for (int i = 0; i < FIRST; i++)
-        assert_int_equal(weft_loop_call_soon_threadsafe(loop, step_cb, (void *)(intptr_t)i, NULL),
-                         0);
+    post_steps_threadsafe(loop, 0, FIRST);
     weft__alloc_fail_nth(1);
     assert_int_equal(weft_loop_call_soon_threadsafe(loop, never_cb, NULL, NULL), -ENOMEM);
     weft__alloc_fail_nth(2); /* the handle, then the block */
@@ -1023,8 +1027,7 @@ static void test_loop_call_soon_threadsafe_out_of_memory_for_a_block(void **stat
     ASSERT_NO_FAILURE(&g_rec);
     assert_int_equal(atomic_load(&g_never_count), 0);
     assert_int_equal(g_order.n, FIRST + 2);
-    for (int i = 0; i < FIRST; i++)
-        assert_int_equal(g_order.steps[i], i);
+    assert_steps_in_order(FIRST);
     /* The overflow is taken after the inbox: FIRST may come after FIRST+1
      * (documented, out of memory only); each ran once. */
     int a = g_order.steps[FIRST], b = g_order.steps[FIRST + 1];
